@@ -1,0 +1,1 @@
+"""What every mfetch role shares: content identity, errors, configuration, the gRPC API."""

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for proto/mfetch/v1 (do not edit; run scripts/genproto.py)."""
