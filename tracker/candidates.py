@@ -1,0 +1,65 @@
+"""Locate's answer: group what the store found into candidates, one per content.
+
+Pure: takes store records, returns pb2 Candidates. A content is its full
+identity (size, sha256, piece_size, root), so agents that disagree about a
+name's bytes, or lie about a root, show up as separate candidates and the
+client picks (most live holders first).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from common import agent_api
+from common.api import tracker_pb2 as pb
+from common.identity import Identity
+from tracker.store import Located, MirrorRecord
+
+
+@dataclass
+class _Group:
+    identity: Identity
+    name: str
+    agents: dict[str, Located] = field(default_factory=dict)  # one source per agent
+    mirrors: dict[str, MirrorRecord] = field(default_factory=dict)
+
+
+def build(located: Iterable[Located], mirrors: Iterable[MirrorRecord],
+          name: str = "") -> list[pb.Candidate]:
+    """Candidates from live holdings and mirrors, most live holders first.
+
+    `name` (when locating by name) names every candidate; otherwise a candidate
+    is named after its first holding's basename, or its mirror's name. A mirror
+    joins every candidate with its sha256 (when its size is unknown or agrees);
+    a mirror whose content no agent holds forms a candidate with piece_size 0
+    and an empty root.
+    """
+    groups: dict[Identity, _Group] = {}
+    for loc in sorted(located, key=lambda x: (x.agent_id, x.holding.path)):
+        g = groups.setdefault(loc.holding.identity,
+                              _Group(loc.holding.identity, name or loc.holding.name))
+        g.agents.setdefault(loc.agent_id, loc)
+    for m in sorted(mirrors, key=lambda x: x.url):
+        homes = [g for g in groups.values()
+                 if g.identity.sha256 == m.sha256 and m.size in (0, g.identity.size)]
+        if not homes:
+            unknown = Identity(m.size, m.sha256, 0, b"")
+            homes = [groups.setdefault(unknown, _Group(unknown, name or m.name))]
+        for g in homes:
+            g.mirrors[m.url] = m
+    ordered = sorted(groups.values(), key=lambda g: (-len(g.agents), -len(g.mirrors),
+                                                     g.identity.sha256, g.identity.root))
+    return [_candidate(g) for g in ordered]
+
+
+def _candidate(g: _Group) -> pb.Candidate:
+    ident = g.identity
+    sources = [pb.Source(kind=pb.Source.AGENT, agent_id=loc.agent_id,
+                         url=agent_api.file_url(loc.base_url, loc.holding.path),
+                         pieces_url=agent_api.pieces_url(loc.base_url, ident.sha256))
+               for loc in g.agents.values()]
+    sources += [pb.Source(kind=pb.Source.MIRROR, url=m.url) for m in g.mirrors.values()]
+    return pb.Candidate(
+        content=pb.Content(size=ident.size, sha256=ident.sha256,
+                           piece_size=ident.piece_size, root=ident.root),
+        name=g.name, sources=sources, live_holders=len(g.agents))

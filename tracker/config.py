@@ -1,0 +1,118 @@
+"""The tracker's settings: defaults < YAML file (--config) < environment TRACKER_* < flags.
+
+Defaults: listen on 127.0.0.1:7700 (loopback, so a tracker started by hand is
+not exposed by accident; set listen: 0.0.0.0:7700 to serve a network), store
+in ./tracker.db, 30 s leases renewed by 10 s heartbeats.
+
+YAML example::
+
+    listen: 0.0.0.0:7700
+    db: /var/lib/mfetch/tracker.db
+    lease_seconds: 30
+    heartbeat_seconds: 10
+    mirrors:
+      - url: https://example.org/ubuntu.iso
+        sha256: 3f5c...   # 64 hex digits
+        size: 1234        # optional
+        name: ubuntu.iso  # optional: defaults to the URL's last path segment
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from common import config as cfg
+from common.errors import ConfigError
+from tracker import validate
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    """A mirror the config file declares; upserted into the store at start."""
+
+    url: str
+    sha256: bytes
+    name: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Everything `tracker serve` needs. Construct with :func:`load` to get checks."""
+
+    listen: str = "127.0.0.1:7700"
+    db: str = "tracker.db"
+    lease_seconds: int = 30
+    heartbeat_seconds: int = 10
+    purge_after_seconds: int = 7 * 24 * 3600  # forget agents whose lease lapsed this long ago
+    mirrors: tuple[MirrorSpec, ...] = ()
+
+
+def load(config_file: str | os.PathLike[str] | None = None,
+         flags: Mapping[str, Any] | None = None,
+         environ: bool = True) -> TrackerConfig:
+    """Build the config from its layers; raises ConfigError naming the bad file/key/value."""
+    origin = str(config_file) if config_file else "config"
+    file_layer = cfg.load_yaml(config_file)
+    layers: list[tuple[Mapping[str, Any], str]] = [(file_layer, origin)]
+    if environ:
+        layers.append((cfg.env_layer("TRACKER", TrackerConfig), "environment"))
+    layers.append((flags or {}, "flags"))
+    merged: dict[str, Any] = {}
+    for layer, where in layers:
+        # build() once per layer so a bad value is reported against its own origin.
+        cfg.build(TrackerConfig, layer, origin=where)
+        merged.update({k.replace("-", "_"): v for k, v in layer.items() if v is not None})
+    built = cfg.build(TrackerConfig, merged, origin=origin)
+    mirrors = tuple(_mirror(m, f"{origin}: mirrors[{i}]") for i, m in enumerate(built.mirrors))
+    return check(dataclasses.replace(built, mirrors=mirrors))
+
+
+def check(c: TrackerConfig) -> TrackerConfig:
+    """Raise ConfigError unless the values make sense together."""
+    cfg.parse_hostport(c.listen, "listen address")
+    if not c.db:
+        raise ConfigError("db: the database path is empty")
+    if not 1 <= c.lease_seconds <= 86400:
+        raise ConfigError(f"lease_seconds must be 1..86400, got {c.lease_seconds}")
+    if not 1 <= c.heartbeat_seconds < c.lease_seconds:
+        raise ConfigError(f"heartbeat_seconds must be at least 1 and less than lease_seconds "
+                          f"({c.lease_seconds}), got {c.heartbeat_seconds}")
+    if c.purge_after_seconds < 0:
+        raise ConfigError("purge_after_seconds must not be negative")
+    return c
+
+
+def _mirror(raw: Any, where: str) -> MirrorSpec:
+    if isinstance(raw, MirrorSpec):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with url and sha256, got {raw!r}")
+    unknown = set(raw) - {"url", "sha256", "name", "size"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        url = validate.http_url(str(raw.get("url") or ""), "url")
+        sha256 = parse_sha256(str(raw.get("sha256") or ""))
+        size = raw.get("size", 0) or 0
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise validate.Invalid(f"size must be a whole number, got {size!r}")
+        validate.size(size)
+        name = validate.mirror_name(url, str(raw.get("name") or ""))
+    except (validate.Invalid, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return MirrorSpec(url=url, sha256=sha256, name=name, size=size)
+
+
+def parse_sha256(text: str) -> bytes:
+    """64 hex digits -> 32 bytes; raises ConfigError."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"sha256 must be 64 hex digits, got {text!r}")
+    return raw

@@ -1,0 +1,128 @@
+"""Build and run the tracker's gRPC server (tracker API + standard health service).
+
+`start()` binds, serves, and returns at once; tests start it on 127.0.0.1:0.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from common.api import tracker_pb2_grpc as pb_grpc
+from common.errors import ConfigError, StorageError
+from tracker.config import TrackerConfig
+from tracker.service import TrackerServicer
+from tracker.sqlite_store import SqliteStore
+from tracker.store import MirrorRecord, Store
+
+log = logging.getLogger("tracker.server")
+
+SERVICE_NAME = "mfetch.v1.Tracker"
+# A whole inventory of 100_000 holdings is ~15 MB of protobuf; gRPC's default cap is 4 MB.
+MAX_MESSAGE = 64 * 1024 * 1024
+# gRPC sets SO_REUSEPORT by default, which would let a second tracker silently share
+# (and steal half the calls of) a port already in use; we want "address in use".
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0)]
+
+
+@dataclass
+class RunningTracker:
+    """A started tracker: where it listens, and how to stop it."""
+
+    host: str
+    port: int
+    store: Store
+    _server: grpc.aio.Server
+    _health: health.aio.HealthServicer
+    _owns_store: bool
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT with the real bound port (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """Stop accepting calls, let running ones finish for `grace` seconds, then close
+        the store if start() opened it."""
+        await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.stop(grace)
+        if self._owns_store:
+            await self.store.close()
+
+    async def wait(self) -> None:
+        """Until the server terminates."""
+        await self._server.wait_for_termination()
+
+
+async def start(config: TrackerConfig, store: Store | None = None,
+                clock: Callable[[], float] = time.time) -> RunningTracker:
+    """Open the store (SQLite at config.db unless one is given), upsert the configured
+    mirrors, bind config.listen (port 0: any free port) and start serving.
+
+    Raises StorageError if the database cannot be opened, ConfigError if the address
+    cannot be bound.
+    """
+    from common.config import parse_hostport
+
+    host, _ = parse_hostport(config.listen, "listen address")
+    owns = store is None
+    if store is None:
+        try:
+            store = await SqliteStore.open(config.db, clock)
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"cannot open the tracker database {config.db}: {e}") from None
+    try:
+        for m in config.mirrors:
+            await store.put_mirror(MirrorRecord(m.url, m.name, m.sha256, m.size))
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        pb_grpc.add_TrackerServicer_to_server(
+            TrackerServicer(store, lease_seconds=config.lease_seconds,
+                            heartbeat_seconds=config.heartbeat_seconds, clock=clock), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        try:
+            port = server.add_insecure_port(config.listen)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise ConfigError(f"cannot listen on {config.listen} (in use or not a local address?)")
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    except BaseException:
+        if owns:
+            await store.close()
+        raise
+    running = RunningTracker(host, port, store, server, health_servicer, owns)
+    if config.purge_after_seconds:
+        running._tasks.append(asyncio.create_task(
+            _purge_loop(store, clock, config.purge_after_seconds, config.lease_seconds)))
+    return running
+
+
+async def _purge_loop(store: Store, clock: Callable[[], float], after: float,
+                      every: float) -> None:
+    """Forget agents whose lease lapsed more than `after` seconds ago."""
+    while True:
+        try:
+            n = await store.purge(clock() - after)
+            if n:
+                log.info("purged %d agents whose leases lapsed long ago", n)
+        except Exception:
+            log.exception("purge failed")
+        await asyncio.sleep(every)

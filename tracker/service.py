@@ -1,0 +1,178 @@
+"""The gRPC servicer: validates every request, then asks the store.
+
+Errors become status codes here and only here: a malformed field is
+INVALID_ARGUMENT with a message naming it, an agent the tracker does not know
+(or whose lease lapsed) is NOT_FOUND so the agent registers and announces
+again, nothing under a key is NOT_FOUND, and anything unexpected is logged
+and answered INTERNAL; the server keeps serving.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import posixpath
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from common.api import tracker_pb2 as pb
+from common.api import tracker_pb2_grpc as pb_grpc
+from common.identity import Identity
+from tracker import candidates, validate
+from tracker.store import Holding, Located, MirrorRecord, Store
+from tracker.validate import Invalid
+
+log = logging.getLogger("tracker.service")
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+UNKNOWN_AGENT = "unknown agent; register again"
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _rpc(fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
+         ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]:
+    """Turn Invalid/_Abort/anything unexpected into a status; never let one escape raw."""
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Rep:
+        try:
+            return await fn(self, request, context)
+        except Invalid as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except _Abort as e:
+            await context.abort(e.code, str(e))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal tracker error")
+        raise AssertionError("unreachable: abort raises")
+    return wrapper
+
+
+class TrackerServicer(pb_grpc.TrackerServicer):
+    """mfetch.v1.Tracker over a :class:`tracker.store.Store`."""
+
+    def __init__(self, store: Store, *, lease_seconds: int, heartbeat_seconds: int,
+                 clock: Callable[[], float]) -> None:
+        self._store = store
+        self._lease = lease_seconds
+        self._heartbeat = heartbeat_seconds
+        self._clock = clock
+
+    @_rpc
+    async def Register(self, request: pb.RegisterRequest,
+                       context: grpc.aio.ServicerContext) -> pb.RegisterReply:
+        agent_id = validate.agent_id(request.agent_id)
+        base_url = validate.base_url(request.base_url)
+        await self._store.register(agent_id, base_url, self._clock() + self._lease)
+        log.info("agent %s registered at %s", agent_id, base_url)
+        return pb.RegisterReply(lease_seconds=self._lease, heartbeat_seconds=self._heartbeat)
+
+    @_rpc
+    async def Heartbeat(self, request: pb.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext) -> pb.HeartbeatReply:
+        agent_id = validate.agent_id(request.agent_id)
+        if not await self._store.renew(agent_id, self._clock() + self._lease):
+            raise _Abort(grpc.StatusCode.NOT_FOUND, UNKNOWN_AGENT)
+        return pb.HeartbeatReply(lease_seconds=self._lease)
+
+    @_rpc
+    async def Announce(self, request: pb.AnnounceRequest,
+                       context: grpc.aio.ServicerContext) -> pb.AnnounceReply:
+        agent_id = validate.agent_id(request.agent_id)
+        if len(request.added) > validate.MAX_HOLDINGS or len(request.removed) > validate.MAX_HOLDINGS:
+            raise Invalid(f"more than {validate.MAX_HOLDINGS} holdings in one announcement; "
+                          "split it")
+        added = [_holding(h) for h in request.added]
+        removed = [validate.rel_path(p) for p in request.removed]
+        if not await self._store.is_live(agent_id):
+            raise _Abort(grpc.StatusCode.NOT_FOUND, UNKNOWN_AGENT)
+        count = await self._store.update_holdings(agent_id, replace=request.replace,
+                                                  added=added, removed=removed)
+        log.info("agent %s announced %s+%d -%d, now holds %d", agent_id,
+                 "all: " if request.replace else "", len(added), len(removed), count)
+        return pb.AnnounceReply(holdings=count)
+
+    @_rpc
+    async def Locate(self, request: pb.LocateRequest,
+                     context: grpc.aio.ServicerContext) -> pb.LocateReply:
+        key = request.WhichOneof("key")
+        if key == "name":
+            name = validate.name(request.name)
+            found = await self._store.holdings_named(name)
+            named_mirrors = await self._store.mirrors_named(name)
+            # Every live holder of a content the name resolves to is a source,
+            # whatever it calls the file.
+            shas = sorted({f.holding.identity.sha256 for f in found}
+                          | {m.sha256 for m in named_mirrors})
+            located, mirrors = await self._by_sha256(shas)
+            result = candidates.build(located, mirrors, posixpath.basename(name))
+            what = f"name {name!r}"
+        elif key == "sha256":
+            sha = validate.digest(request.sha256)
+            located, mirrors = await self._by_sha256([sha])
+            result = candidates.build(located, mirrors)
+            what = f"sha256 {sha.hex()}"
+        else:
+            raise Invalid("locate needs a name or a sha256")
+        if not result:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no live source has {what}")
+        return pb.LocateReply(candidates=result)
+
+    async def _by_sha256(self, shas: list[bytes]) -> tuple[list[Located], list[MirrorRecord]]:
+        located: list[Located] = []
+        mirrors: list[MirrorRecord] = []
+        for sha in shas:
+            located += await self._store.holders_of(sha)
+            mirrors += await self._store.mirrors_of(sha)
+        return located, mirrors
+
+    @_rpc
+    async def AddMirror(self, request: pb.AddMirrorRequest,
+                        context: grpc.aio.ServicerContext) -> pb.AddMirrorReply:
+        mirror = mirror_record(request.mirror)
+        await self._store.put_mirror(mirror)
+        log.info("mirror added: %s (%s)", mirror.url, mirror.sha256.hex())
+        return pb.AddMirrorReply()
+
+    @_rpc
+    async def RemoveMirror(self, request: pb.RemoveMirrorRequest,
+                           context: grpc.aio.ServicerContext) -> pb.RemoveMirrorReply:
+        removed = await self._store.remove_mirror(request.url)
+        if removed:
+            log.info("mirror removed: %s", request.url)
+        return pb.RemoveMirrorReply(removed=removed)
+
+    @_rpc
+    async def ListMirrors(self, request: pb.ListMirrorsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListMirrorsReply:
+        return pb.ListMirrorsReply(mirrors=[
+            pb.Mirror(url=m.url, name=m.name, sha256=m.sha256, size=m.size)
+            for m in await self._store.list_mirrors()])
+
+
+def mirror_record(m: pb.Mirror) -> MirrorRecord:
+    """Validate a Mirror message; raises Invalid."""
+    url = validate.http_url(m.url)
+    return MirrorRecord(url=url, name=validate.mirror_name(url, m.name),
+                        sha256=validate.digest(m.sha256), size=validate.size(m.size))
+
+
+def _holding(h: pb.Holding) -> Holding:
+    path = validate.rel_path(h.path)
+    try:
+        c = h.content
+        size = validate.size(c.size)
+        ident = Identity(size=size, sha256=validate.digest(c.sha256),
+                         piece_size=validate.piece_size(c.piece_size, size),
+                         root=validate.digest(c.root, "root"))
+    except Invalid as e:
+        raise Invalid(f"{path!r}: {e}") from None
+    return Holding(path, ident)

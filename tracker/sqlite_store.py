@@ -1,0 +1,235 @@
+"""The embedded store: one SQLite file (stdlib sqlite3, WAL).
+
+sqlite3 is blocking, so every statement runs on one dedicated worker thread:
+the event loop never waits on the disk, and the single thread serializes
+access to the one connection without locks.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from common.identity import Identity
+from tracker.store import Holding, Located, MirrorRecord
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id   TEXT PRIMARY KEY,
+    base_url   TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holdings (
+    agent_id   TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    name       TEXT NOT NULL,   -- basename of path, for locate by name
+    size       INTEGER NOT NULL,
+    sha256     BLOB NOT NULL,
+    piece_size INTEGER NOT NULL,
+    root       BLOB NOT NULL,
+    PRIMARY KEY (agent_id, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holdings_by_name ON holdings (name);
+CREATE INDEX IF NOT EXISTS holdings_by_path ON holdings (path);
+CREATE INDEX IF NOT EXISTS holdings_by_sha256 ON holdings (sha256);
+CREATE TABLE IF NOT EXISTS mirrors (
+    url    TEXT PRIMARY KEY,
+    name   TEXT NOT NULL,
+    sha256 BLOB NOT NULL,
+    size   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mirrors_by_name ON mirrors (name);
+CREATE INDEX IF NOT EXISTS mirrors_by_sha256 ON mirrors (sha256);
+"""
+
+_LOCATED = """
+SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root
+FROM holdings h JOIN agents a ON a.agent_id = h.agent_id
+WHERE a.expires_at > ? AND ({where})
+ORDER BY a.agent_id, h.path
+"""
+
+
+class SqliteStore:
+    """A :class:`tracker.store.Store` in one SQLite file. Open with :meth:`open`."""
+
+    def __init__(self, path: str, clock: Callable[[], float]) -> None:
+        """Prefer :meth:`open`, which also creates the schema."""
+        self._path = path
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str, clock: Callable[[], float]) -> SqliteStore:
+        """Open (creating if needed) the database at `path`; ':memory:' works too.
+
+        Raises sqlite3.Error if the file cannot be opened or is not a database.
+        """
+        store = cls(path, clock)
+        try:
+            await store._run(store._connect)
+        except BaseException:
+            store._pool.shutdown(wait=False)
+            raise
+        return store
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None)  # autocommit; explicit BEGINs
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._db
+
+    # --- agents ---------------------------------------------------------------------------
+
+    async def register(self, agent_id: str, base_url: str, expires_at: float) -> None:
+        def do() -> None:
+            self._conn().execute(
+                "INSERT INTO agents (agent_id, base_url, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (agent_id) DO UPDATE SET base_url = excluded.base_url, "
+                "expires_at = excluded.expires_at",
+                (agent_id, base_url, expires_at))
+        await self._run(do)
+
+    async def renew(self, agent_id: str, expires_at: float) -> bool:
+        def do() -> bool:
+            cur = self._conn().execute(
+                "UPDATE agents SET expires_at = ? WHERE agent_id = ? AND expires_at > ?",
+                (expires_at, agent_id, self._clock()))
+            return cur.rowcount > 0
+        return await self._run(do)
+
+    async def is_live(self, agent_id: str) -> bool:
+        def do() -> bool:
+            row = self._conn().execute(
+                "SELECT 1 FROM agents WHERE agent_id = ? AND expires_at > ?",
+                (agent_id, self._clock())).fetchone()
+            return row is not None
+        return await self._run(do)
+
+    async def remove_agent(self, agent_id: str) -> None:
+        def do() -> None:
+            db = self._conn()
+            with _transaction(db):
+                db.execute("DELETE FROM holdings WHERE agent_id = ?", (agent_id,))
+                db.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+        await self._run(do)
+
+    async def purge(self, lapsed_before: float) -> int:
+        def do() -> int:
+            db = self._conn()
+            with _transaction(db):
+                db.execute("DELETE FROM holdings WHERE agent_id IN "
+                           "(SELECT agent_id FROM agents WHERE expires_at < ?)", (lapsed_before,))
+                return db.execute("DELETE FROM agents WHERE expires_at < ?",
+                                  (lapsed_before,)).rowcount
+        return await self._run(do)
+
+    # --- holdings -------------------------------------------------------------------------
+
+    async def update_holdings(self, agent_id: str, *, replace: bool,
+                              added: Sequence[Holding], removed: Sequence[str]) -> int:
+        rows = [(agent_id, h.path, h.name, h.identity.size, h.identity.sha256,
+                 h.identity.piece_size, h.identity.root) for h in added]
+
+        def do() -> int:
+            db = self._conn()
+            with _transaction(db):
+                if replace:
+                    db.execute("DELETE FROM holdings WHERE agent_id = ?", (agent_id,))
+                else:
+                    db.executemany("DELETE FROM holdings WHERE agent_id = ? AND path = ?",
+                                   [(agent_id, p) for p in removed])
+                db.executemany(
+                    "INSERT OR REPLACE INTO holdings "
+                    "(agent_id, path, name, size, sha256, piece_size, root) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                (count,) = db.execute("SELECT COUNT(*) FROM holdings WHERE agent_id = ?",
+                                      (agent_id,)).fetchone()
+                return int(count)
+        return await self._run(do)
+
+    async def holdings_named(self, name: str) -> list[Located]:
+        return await self._located("h.name = ? OR h.path = ?", name, name)
+
+    async def holders_of(self, sha256: bytes) -> list[Located]:
+        return await self._located("h.sha256 = ?", sha256)
+
+    async def _located(self, where: str, *args: Any) -> list[Located]:
+        def do() -> list[Located]:
+            cur = self._conn().execute(_LOCATED.format(where=where), (self._clock(), *args))
+            return [Located(agent_id, base_url,
+                            Holding(path, Identity(size, bytes(sha), piece_size, bytes(root))))
+                    for agent_id, base_url, path, size, sha, piece_size, root in cur]
+        return await self._run(do)
+
+    # --- mirrors --------------------------------------------------------------------------
+
+    async def put_mirror(self, mirror: MirrorRecord) -> None:
+        def do() -> None:
+            self._conn().execute(
+                "INSERT OR REPLACE INTO mirrors (url, name, sha256, size) VALUES (?, ?, ?, ?)",
+                (mirror.url, mirror.name, mirror.sha256, mirror.size))
+        await self._run(do)
+
+    async def remove_mirror(self, url: str) -> bool:
+        def do() -> bool:
+            return self._conn().execute("DELETE FROM mirrors WHERE url = ?", (url,)).rowcount > 0
+        return await self._run(do)
+
+    async def list_mirrors(self) -> list[MirrorRecord]:
+        return await self._mirrors("1")
+
+    async def mirrors_named(self, name: str) -> list[MirrorRecord]:
+        return await self._mirrors("name = ?", name)
+
+    async def mirrors_of(self, sha256: bytes) -> list[MirrorRecord]:
+        return await self._mirrors("sha256 = ?", sha256)
+
+    async def _mirrors(self, where: str, *args: Any) -> list[MirrorRecord]:
+        def do() -> list[MirrorRecord]:
+            cur = self._conn().execute(
+                f"SELECT url, name, sha256, size FROM mirrors WHERE {where} ORDER BY url", args)
+            return [MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in cur]
+        return await self._run(do)
+
+    async def close(self) -> None:
+        def do() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        try:
+            await self._run(do)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in autocommit)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

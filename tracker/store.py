@@ -1,0 +1,117 @@
+"""The tracker's store: a narrow async interface, so SQLite and Redis can both back it.
+
+The store keeps three things:
+
+- agent leases: agent_id -> (base_url, expires_at);
+- holdings: (agent_id, path) -> content identity;
+- mirrors: url -> (name, sha256, size).
+
+Liveness is decided by the store against its injected clock: a holding is
+returned only while its agent's lease has not expired. Holdings of an agent
+whose lease lapsed are kept (they come back when it renews or re-registers)
+until :meth:`Store.purge` drops agents that lapsed long ago.
+"""
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.identity import Identity
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """One file an agent holds: its relative '/'-separated path and its identity."""
+
+    path: str
+    identity: Identity
+
+    @property
+    def name(self) -> str:
+        """The basename, which locate-by-name matches (as well as the whole path)."""
+        return posixpath.basename(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A holding of a live agent, as a locate query returns it."""
+
+    agent_id: str
+    base_url: str
+    holding: Holding
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorRecord:
+    """A plain HTTP mirror of one content. `size` is 0 when unknown."""
+
+    url: str
+    name: str
+    sha256: bytes
+    size: int
+
+
+class Store(Protocol):
+    """What the tracker needs from its storage. Every method may raise OSError-like
+    backend errors (sqlite3.Error, redis errors); the servicer reports those as INTERNAL."""
+
+    async def register(self, agent_id: str, base_url: str, expires_at: float) -> None:
+        """Create or refresh an agent's lease (and its base_url); its holdings are kept."""
+        ...
+
+    async def renew(self, agent_id: str, expires_at: float) -> bool:
+        """Extend a live agent's lease. False if the agent is unknown or its lease lapsed."""
+        ...
+
+    async def is_live(self, agent_id: str) -> bool:
+        """Whether the agent is known and its lease has not expired."""
+        ...
+
+    async def update_holdings(self, agent_id: str, *, replace: bool,
+                              added: Sequence[Holding], removed: Sequence[str]) -> int:
+        """Apply an announcement: with `replace`, the agent's holdings become exactly
+        `added`; otherwise `removed` paths go, then `added` are upserted (so a path in
+        both ends up added). Returns how many holdings the agent now has."""
+        ...
+
+    async def remove_agent(self, agent_id: str) -> None:
+        """Forget an agent and all its holdings."""
+        ...
+
+    async def holdings_named(self, name: str) -> list[Located]:
+        """Live holdings whose basename or whole relative path equals `name`."""
+        ...
+
+    async def holders_of(self, sha256: bytes) -> list[Located]:
+        """Live holdings whose content has this whole-file SHA-256."""
+        ...
+
+    async def put_mirror(self, mirror: MirrorRecord) -> None:
+        """Add a mirror, or replace the one with the same URL."""
+        ...
+
+    async def remove_mirror(self, url: str) -> bool:
+        """Remove a mirror; False if there was none with that URL."""
+        ...
+
+    async def list_mirrors(self) -> list[MirrorRecord]:
+        """Every mirror, ordered by URL."""
+        ...
+
+    async def mirrors_named(self, name: str) -> list[MirrorRecord]:
+        """Mirrors whose name equals `name`."""
+        ...
+
+    async def mirrors_of(self, sha256: bytes) -> list[MirrorRecord]:
+        """Mirrors of the content with this SHA-256."""
+        ...
+
+    async def purge(self, lapsed_before: float) -> int:
+        """Forget agents whose lease expired before `lapsed_before`; returns how many."""
+        ...
+
+    async def close(self) -> None:
+        """Release the backend; the store is unusable afterwards."""
+        ...
