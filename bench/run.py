@@ -1,0 +1,845 @@
+#!/usr/bin/env python3
+"""mfetch benchmark harness: multi-mirror downloads over shaped links.
+
+Run as root (it creates network namespaces):
+
+    .venv/bin/python bench/run.py              # full run, writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --quick      # smoke run, small files
+    .venv/bin/python bench/run.py --cases hetero --size 512M --tools aria2c,axel
+
+Topology (all of it inside namespaces this script creates; nothing is added
+to the root namespace and nothing leaves the machine):
+
+    mfb-c (client)                      mfb-m<i> (mirror i)
+      m<i> 10.77.<i>.1/24  <== veth ==>  eth0 10.77.<i>.2/24  nginx :80
+                                         egress: tc tbf at the mirror's rate
+
+The client tools run in mfb-c (`ip netns exec mfb-c TOOL ...`, which exec()s,
+so the measured child is the tool itself). The loopback case runs one unshaped
+nginx on 127.0.0.1:8080 inside mfb-c. Every mirror serves the same generated
+random file (sendfile on) from bench/work/data.
+
+Cases
+  hetero    4 mirrors at 200/100/50/20 Mbit/s
+  stall     same 4; at 30% of the ideal time the fastest mirror's tbf is
+            replaced by a 8 kbit/s one (packets beyond a tiny queue are
+            dropped), and it stays stalled: connections stay open, data trickles
+  die       same 4; at 30% of the ideal time the fastest mirror dies: every
+            process in its namespace gets SIGKILL (--die-mode kill, default:
+            connections end, new connects are refused) or its link is set down
+            (--die-mode linkdown: packets vanish, peers see silence)
+  sixteen   16 mirrors at 100/50/25/10 Mbit/s (x4)
+  loopback  one unshaped source on loopback: raw speed and CPU; `curl -o` is
+            the reference
+
+Measurements per tool and case
+  wall      seconds from spawn to exit (monotonic clock)
+  cpu       user+sys seconds of the child (os.wait4 rusage, includes its
+            reaped descendants)
+  rss       peak resident set of the tool: ru_maxrss from wait4, taken by GNU
+            /usr/bin/time (package `time`) which forks the tool; our own wait4's
+            ru_maxrss would start at the harness's own peak (vfork + execve
+            keep the old mm's high-water mark)
+  result    right (exit 0 and sha256 matches the generated file), WRONG
+            (exit 0 but the bytes differ), failed (exit!=0 / timeout / no file)
+
+Ideal time and efficiency
+  Rates r_i are the nominal tbf rates (bits/s / 8). Let R(t) be the sum of the
+  rates of the sources alive at time t (t from tool start; a stalled source
+  counts with its stall rate, a dead one with 0; the change happens at the
+  measured instant t_e when the tc / kill command returned). ideal_time T is
+  the smallest T with  integral_0^T R(t) dt = file bytes. With one event:
+      T = B / R0                          if B <= R0 * t_e (or no event fired)
+      T = t_e + (B - R0 * t_e) / R1       otherwise
+  efficiency = T / wall. tbf counts Ethernet+IP+TCP headers, so the payload
+  ceiling is about 1448/1514 = 0.956, not 1.0. No ideal for loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "work"
+PREFIX = "mfb-"
+CLIENT_NS = PREFIX + "c"
+MIB = 1 << 20
+LOOPBACK_PORT = 8080
+STALL_KBIT = 8
+EVENT_FRACTION = 0.30  # of the nominal ideal time
+PAYLOAD_CEILING = 1448 / 1514
+
+# --------------------------------------------------------------------------- shell
+
+
+def sh(*args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+    p = subprocess.run(list(args), capture_output=True, text=True, check=False)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: exit {p.returncode}: {p.stderr.strip()}")
+    return p
+
+
+def ns_exec(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *args]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- topology
+
+
+def our_namespaces() -> list[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(PREFIX)]
+
+
+def kill_ns_processes(ns: str) -> None:
+    """SIGKILL every process whose network namespace is `ns`."""
+    for _ in range(20):
+        pids = [int(x) for x in sh("ip", "netns", "pids", ns, check=False).stdout.split()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+
+
+def cleanup_all() -> None:
+    """Remove every namespace (and so every veth and nginx) we may have left."""
+    for ns in our_namespaces():
+        kill_ns_processes(ns)
+        sh("ip", "netns", "del", ns, check=False)
+    left = our_namespaces()
+    if left:
+        raise RuntimeError(f"could not delete namespaces: {left}")
+
+
+def tbf(ns: str, dev: str, bits: float, stalled: bool = False) -> None:
+    if stalled:
+        args = ["rate", f"{STALL_KBIT}kbit", "burst", "3000", "latency", "100ms"]
+    else:
+        burst = max(64 * 1024, int(bits / 8 * 0.005))  # >= 5 ms at rate, >= a GSO skb
+        args = ["rate", f"{int(bits)}bit", "burst", str(burst), "latency", "50ms"]
+    sh("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", *args)
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+user root;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    types {{ application/octet-stream bin; }}
+    server {{
+        listen {listen};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Mirror:
+    idx: int
+    ns: str
+    dev: str
+    addr: str
+    port: int
+    rate_bits: float | None  # None = unshaped
+    prefix: Path
+    nginx: subprocess.Popen | None = None
+
+    def url(self, name: str) -> str:
+        return f"http://{self.addr}:{self.port}/{name}"
+
+
+class Topology:
+    def __init__(self, rates_mbit: list[float] | None, data_dir: Path):
+        self.data_dir = data_dir
+        self.probe = next(f.name for f in data_dir.iterdir() if f.suffix == ".bin")
+        self.mirrors: list[Mirror] = []
+        self.rates_mbit = rates_mbit
+        run = WORK / "run"
+        if run.exists():
+            shutil.rmtree(run)
+        if rates_mbit is None:  # loopback case: one unshaped nginx inside the client ns
+            self.mirrors.append(Mirror(0, CLIENT_NS, "lo", "127.0.0.1", LOOPBACK_PORT,
+                                       None, run / "lo"))
+        else:
+            for i, r in enumerate(rates_mbit):
+                self.mirrors.append(Mirror(i, f"{PREFIX}m{i}", "eth0", f"10.77.{i}.2", 80,
+                                           r * 1e6, run / f"m{i}"))
+
+    def up(self) -> None:
+        sh("ip", "netns", "add", CLIENT_NS)
+        sh("ip", "-n", CLIENT_NS, "link", "set", "lo", "up")
+        for m in self.mirrors:
+            if m.rate_bits is not None:
+                i = m.idx
+                sh("ip", "netns", "add", m.ns)
+                sh("ip", "-n", m.ns, "link", "set", "lo", "up")
+                sh("ip", "link", "add", f"m{i}", "netns", CLIENT_NS, "type", "veth",
+                   "peer", "name", m.dev, "netns", m.ns)
+                sh("ip", "-n", CLIENT_NS, "addr", "add", f"10.77.{i}.1/24", "dev", f"m{i}")
+                sh("ip", "-n", m.ns, "addr", "add", f"{m.addr}/24", "dev", m.dev)
+                sh("ip", "-n", CLIENT_NS, "link", "set", f"m{i}", "up")
+                sh("ip", "-n", m.ns, "link", "set", m.dev, "up")
+                tbf(m.ns, m.dev, m.rate_bits)
+            self.start_nginx(m)
+        for m in self.mirrors:
+            self.wait_ready(m)
+
+    def start_nginx(self, m: Mirror) -> None:
+        (m.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = m.prefix / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            workers=2 if m.rate_bits is None else 1, prefix=m.prefix,
+            listen=f"{m.addr}:{m.port}", root=self.data_dir))
+        m.nginx = subprocess.Popen(
+            ns_exec(m.ns, "nginx", "-c", str(conf), "-p", str(m.prefix),
+                    "-e", str(m.prefix / "error.log")),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def wait_ready(self, m: Mirror) -> None:
+        probe = self.probe
+        for _ in range(100):
+            p = sh(*ns_exec(CLIENT_NS, "curl", "-sf", "-o", "/dev/null", "-r", "0-0",
+                            "--max-time", "1", m.url(probe)), check=False)
+            if p.returncode == 0:
+                return
+            time.sleep(0.05)
+        err = (m.prefix / "error.log").read_text() if (m.prefix / "error.log").exists() else ""
+        raise RuntimeError(f"mirror {m.idx} ({m.url(probe)}) not ready: {err[-500:]}")
+
+    def nginx_alive(self, m: Mirror) -> bool:
+        return m.nginx is not None and m.nginx.poll() is None
+
+    def reset(self) -> None:
+        """Restore every mirror to its base state between tool runs."""
+        for m in self.mirrors:
+            if m.rate_bits is not None:
+                sh("ip", "-n", m.ns, "link", "set", m.dev, "up")
+                tbf(m.ns, m.dev, m.rate_bits)
+            if not self.nginx_alive(m):
+                if m.ns != CLIENT_NS:
+                    kill_ns_processes(m.ns)
+                self.start_nginx(m)
+        for m in self.mirrors:
+            self.wait_ready(m)
+        time.sleep(0.3)  # let the previous run's sockets close
+
+    def down(self) -> None:
+        for m in self.mirrors:
+            if m.nginx is not None and m.nginx.poll() is None:
+                try:
+                    os.killpg(m.nginx.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        cleanup_all()
+        for m in self.mirrors:
+            if m.nginx is not None:
+                m.nginx.wait()
+
+    # events
+    def stall(self, i: int) -> None:
+        m = self.mirrors[i]
+        tbf(m.ns, m.dev, 0, stalled=True)
+
+    def die(self, i: int, mode: str) -> None:
+        m = self.mirrors[i]
+        if mode == "linkdown":
+            sh("ip", "-n", m.ns, "link", "set", m.dev, "down")
+        else:
+            kill_ns_processes(m.ns)
+            if m.nginx is not None:
+                m.nginx.wait()
+
+
+# -------------------------------------------------------------------------- data
+
+
+def make_file(size: int) -> tuple[Path, str]:
+    d = WORK / "data" / f"{size}"
+    f = d / f"bench-{size}.bin"
+    side = d / "sha256"
+    if f.exists() and side.exists() and f.stat().st_size == size:
+        return f, side.read_text().strip()
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    log(f"generating {size / MIB:.0f} MiB random file ...")
+    h = hashlib.sha256()
+    left = size
+    with open(f, "wb") as fh:
+        while left:
+            chunk = os.urandom(min(left, 4 * MIB))
+            h.update(chunk)
+            fh.write(chunk)
+            left -= len(chunk)
+    side.write_text(h.hexdigest() + "\n")
+    return f, h.hexdigest()
+
+
+def sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        while chunk := fh.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_size(s: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMG]?)i?B?", s.strip(), re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {s!r} (e.g. 256M, 1G)")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()]
+    return int(float(m.group(1)) * mult)
+
+
+# ------------------------------------------------------------------------- tools
+
+
+@dataclass
+class Tool:
+    name: str
+    build: Callable[[list[str], Path], list[str]]
+    binary: str
+    single_source: bool = False  # only ever given the first URL
+
+
+def tool_table(mfetch_bin: str) -> dict[str, Tool]:
+    def aria2_common(out: Path) -> list[str]:
+        # output-only flags; they do not change how it downloads
+        return ["aria2c", "-d", str(out.parent), "-o", out.name, "--allow-overwrite=true",
+                "--auto-file-renaming=false", "--console-log-level=error",
+                "--summary-interval=0", "--download-result=hide", "-q"]
+
+    def aria2_tuned(urls: list[str], out: Path) -> list[str]:
+        return aria2_common(out) + [
+            "-x16", f"-s{max(16, 2 * len(urls))}", "-k1M", "--file-allocation=none",
+            "--uri-selector=adaptive", "--lowest-speed-limit=10K",
+            "--connect-timeout=5", "--timeout=10", "--retry-wait=1", "--max-tries=0",
+        ] + urls
+
+    return {
+        "mfetch": Tool("mfetch", lambda urls, out: [mfetch_bin, *urls, "-o", str(out),
+                                                    "--quiet", "--json"], mfetch_bin),
+        "aria2c": Tool("aria2c", lambda urls, out: aria2_common(out) + urls, "aria2c"),
+        "aria2c-tuned": Tool("aria2c-tuned", aria2_tuned, "aria2c"),
+        "axel": Tool("axel", lambda urls, out: ["axel", "-q", "-n", str(max(16, len(urls))),
+                                                "-o", str(out), *urls], "axel"),
+        "curl": Tool("curl", lambda urls, out: ["curl", "-sS", "-f", "-o", str(out), urls[0]],
+                     "curl", single_source=True),
+    }
+
+
+# ------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Case:
+    name: str
+    desc: str
+    rates: list[float] | None  # Mbit/s; None = loopback
+    size: int
+    quick_size: int
+    tools: list[str]
+    event: str | None = None  # "stall" | "die"
+    event_mirror: int = 0
+
+
+MULTI = ["mfetch", "aria2c", "aria2c-tuned", "axel"]
+CASES = [
+    Case("hetero", "4 mirrors, heterogeneous rates", [200, 100, 50, 20],
+         384 * MIB, 24 * MIB, MULTI + ["curl"]),
+    Case("stall", "4 mirrors; fastest stalls (tbf -> 8 kbit/s) at 30% and stays stalled",
+         [200, 100, 50, 20], 256 * MIB, 24 * MIB, MULTI, event="stall"),
+    Case("die", "4 mirrors; fastest dies at 30%", [200, 100, 50, 20],
+         256 * MIB, 24 * MIB, MULTI, event="die"),
+    Case("sixteen", "16 mirrors at 100/50/25/10 Mbit/s (x4)", [100, 50, 25, 10] * 4,
+         512 * MIB, 32 * MIB, MULTI),
+    Case("loopback", "1 unshaped source on loopback (raw speed, CPU); curl -o is the reference",
+         None, 2048 * MIB, 128 * MIB, MULTI + ["curl"]),
+]
+
+
+@dataclass
+class Result:
+    tool: str
+    result: str
+    wall: float
+    cpu: float
+    rss_mib: float | None
+    exit_code: int | None
+    ideal: float | None
+    event_at: float | None = None
+    note: str = ""
+    sources: list[dict] = field(default_factory=list)
+
+    @property
+    def efficiency(self) -> float | None:
+        if self.ideal is None or self.result != "right":
+            return None
+        return self.ideal / self.wall
+
+
+def ideal_time(size: int, r0: float, event_at: float | None, r1: float) -> float:
+    """Seconds to move `size` bytes at r0 B/s until event_at, r1 B/s after it."""
+    if event_at is None or size <= r0 * event_at:
+        return size / r0
+    return event_at + (size - r0 * event_at) / r1
+
+
+CURRENT_CHILD: list[int] = []
+
+
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def kill_timed_out(pid: int) -> tuple[int, resource.struct_rusage]:
+    """Kill a hung tool. Under GNU time, kill the tool (time's child) first so time
+    still reaps it and reports its rusage; then kill whatever is left in the group."""
+    try:
+        kids = [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        kids = []
+    for k in kids:
+        try:
+            os.kill(k, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 2
+    while kids and time.monotonic() < deadline:
+        wpid, status, ru = os.wait4(pid, os.WNOHANG)
+        if wpid:
+            return status, ru
+        time.sleep(0.01)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _, status, ru = os.wait4(pid, 0)
+    return status, ru
+
+
+def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Path,
+             rusage_path: Path, events: list[tuple[float, Callable[[], None]]]) -> tuple:
+    """Spawn cmd in the client namespace, fire events at their offsets, reap with wait4.
+
+    Returns (exit_code or None on timeout, wall, rusage, fired event offsets)."""
+    fired: list[float] = []
+    pending = sorted(events, key=lambda e: e[0])
+    with open(stdout_path, "wb") as so, open(stderr_path, "wb") as se:
+        t0 = time.monotonic()
+        if GNU_TIME:
+            rusage_path.unlink(missing_ok=True)
+            cmd = [GNU_TIME, "-q", "-f", "%M", "-o", str(rusage_path), *cmd]
+        p = subprocess.Popen(ns_exec(CLIENT_NS, *cmd), stdin=subprocess.DEVNULL,
+                             stdout=so, stderr=se, start_new_session=True)
+        CURRENT_CHILD.append(p.pid)
+        timed_out = False
+        try:
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                now = time.monotonic() - t0
+                while pending and now >= pending[0][0]:
+                    _, fn = pending.pop(0)
+                    fn()
+                    fired.append(time.monotonic() - t0)
+                if now > timeout:
+                    timed_out = True
+                    status, ru = kill_timed_out(p.pid)
+                    break
+                time.sleep(0.005)
+            wall = time.monotonic() - t0
+        finally:
+            CURRENT_CHILD.remove(p.pid)
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped by us, tell Popen
+        try:  # a timed-out tool's helpers may be in its group still
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    # ru_maxrss of a child we spawn starts at *our* high-water mark (Python spawns with
+    # vfork and the kernel carries the old mm's peak across execve), so the tool's own
+    # peak comes from GNU time, which forks it from a ~2 MiB process and reports the
+    # ru_maxrss of its wait4. CPU (user+sys) is from our wait4 (time's own is ~0).
+    rss_kib: float | None = None
+    if GNU_TIME:
+        try:
+            rss_kib = float(rusage_path.read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            rss_kib = None
+    else:
+        rss_kib = float(ru.ru_maxrss)
+    return (None if timed_out else p.returncode), wall, ru, rss_kib, fired
+
+
+def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | None,
+             timeout_factor: float, die_mode: str, min_timeout: float,
+             repeat: int = 1) -> tuple[list[Result], dict]:
+    data, digest = make_file(size)
+    topo = Topology(case.rates, data.parent)
+    results: list[Result] = []
+    meta: dict = {"size": size, "rates": case.rates, "sha256": digest}
+    out_dir = WORK / "out"
+    try:
+        log(f"[{case.name}] building topology ({len(topo.mirrors)} source(s)) ...")
+        topo.up()
+        urls = [m.url(data.name) for m in topo.mirrors]
+        meta["urls"] = urls
+        r0_all = sum(case.rates) * 1e6 / 8 if case.rates else 0.0
+        runs = [(t, k) for t in case.tools if not only or t in only for k in range(repeat)]
+        for tname, k in runs:
+            tool = tools[tname]
+            label = f"{tname} #{k + 1}" if repeat > 1 else tname
+            if shutil.which(tool.binary) is None and not Path(tool.binary).is_file():
+                if k == 0:
+                    results.append(Result(tname, "skipped (not installed)", 0, 0, 0, None, None))
+                continue
+            topo.reset()
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            out_dir.mkdir(parents=True)
+            out = out_dir / data.name
+            tool_urls = urls[:1] if tool.single_source else urls
+
+            # rates: for a single-source tool only the first mirror counts
+            r_0: float | None
+            r_1: float = 0.0
+            if case.rates is None:
+                r_0 = None
+            elif tool.single_source:
+                r_0 = case.rates[0] * 1e6 / 8
+                r_1 = r_0
+            else:
+                r_0 = r_1 = r0_all
+            events: list[tuple[float, Callable[[], None]]] = []
+            if case.event and r_0 and case.rates:
+                victim = case.event_mirror
+                rate_v = case.rates[victim] * 1e6 / 8
+                planned = EVENT_FRACTION * size / r_0
+                if case.event == "stall":
+                    r_1 = r_0 - rate_v + STALL_KBIT * 1e3 / 8
+                    events.append((planned, partial(topo.stall, victim)))
+                else:
+                    r_1 = r_0 - rate_v
+                    events.append((planned, partial(topo.die, victim, die_mode)))
+                expected: float | None = ideal_time(size, r_0, planned, r_1)
+            else:
+                expected = size / r_0 if r_0 else None
+            if expected is None:
+                timeout = max(min_timeout, 60.0)
+            else:
+                timeout = max(min_timeout, timeout_factor * expected + 10)
+
+            cmd = tool.build(tool_urls, out)
+            log(f"[{case.name}] {label}: timeout {timeout:.0f}s: {' '.join(cmd)}")
+            so, se = WORK / "out.stdout", WORK / "out.stderr"
+            code, wall, ru, rss_kib, fired = run_tool(cmd, timeout, so, se,
+                                                      WORK / "out.rusage", events)
+            event_at = fired[0] if fired else None
+            ideal = ideal_time(size, r_0, event_at, r_1) if r_0 else None
+            stderr_tail = se.read_text(errors="replace").strip().splitlines()[-1:]
+            note = ""
+            if code is None:
+                res = "failed (timeout)"
+            elif code != 0:
+                # GNU time (and shells) report death by signal N as exit 128+N
+                res = f"failed (exit {code})"
+                if code > 128 and code - 128 in signal.valid_signals():
+                    res = f"failed ({signal.Signals(code - 128).name})"
+                elif code < 0:
+                    res = f"failed ({signal.Signals(-code).name})"
+                note = stderr_tail[0][:120] if stderr_tail else ""
+            elif not out.exists():
+                res = "failed (no file)"
+            elif out.stat().st_size != size or sha256_file(out) != digest:
+                res = "WRONG"
+                note = f"size {out.stat().st_size}"
+            else:
+                res = "right"
+            r = Result(label, res, wall, ru.ru_utime + ru.ru_stime,
+                       rss_kib / 1024 if rss_kib is not None else None,
+                       code, ideal, event_at, note)
+            if tname == "mfetch" and code is not None:
+                try:
+                    summary = json.loads(so.read_text())
+                    r.sources = summary.get("sources", [])
+                except (ValueError, AttributeError):
+                    if code == 0:
+                        r.note = (r.note + " no/invalid JSON summary").strip()
+            results.append(r)
+            eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
+            log(f"[{case.name}] {label}: {res} wall {wall:.2f}s cpu {r.cpu:.2f}s "
+                f"rss {r.rss_mib}MiB eff {eff}")
+            shutil.rmtree(out_dir, ignore_errors=True)
+    finally:
+        log(f"[{case.name}] tearing down")
+        topo.down()
+    return results, meta
+
+
+# ----------------------------------------------------------------------- reports
+
+
+def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
+    rows = ["| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.result.startswith("skipped"):
+            rows.append(f"| {r.tool} | {r.result} | | | | | | |")
+            continue
+        mbs = f"{size / r.wall / 1e6:.1f}" if r.result == "right" else "-"
+        ideal = f"{r.ideal:.2f}" if r.ideal is not None else "-"
+        eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
+        rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
+        rows.append(f"| {r.tool} | {r.result} | {r.wall:.2f} | {mbs} | {r.cpu:.2f} | "
+                    f"{rss} | {ideal} | {eff} |")
+    notes = []
+    for r in results:
+        if r.event_at is not None:
+            notes.append(f"{r.tool}: event at {r.event_at:.2f}s")
+        if r.note:
+            notes.append(f"{r.tool}: {r.note}")
+        if r.sources:
+            parts = [f"{s.get('url', '?').split('//')[-1].split('/')[0]}="
+                     f"{s.get('bytes', 0) / 1e6:.0f}MB"
+                     + (" dropped" if s.get("dropped") else "")
+                     + (f" fail={s['failures']}" if s.get("failures") else "")
+                     for s in r.sources]
+            notes.append(f"{r.tool} per source: " + ", ".join(parts))
+    if notes:
+        rows.append("")
+        rows += [f"- {n}" for n in notes]
+    return rows
+
+
+def version(cmd: list[str], pattern: str = r".*") -> str:
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
+        text = (p.stdout + p.stderr).strip().splitlines()
+        return text[0].split(" (")[0].strip() if text else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+
+
+def mfetch_version(mfetch_bin: str) -> str:
+    if not Path(mfetch_bin).exists():
+        return "not installed"
+    rev = sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD", check=False).stdout.strip()
+    dirty = sh("git", "-C", str(REPO), "status", "--porcelain", "--", "client", "common",
+               check=False).stdout.strip()
+    return f"{mfetch_bin} at git {rev or '?'}" + (" + uncommitted changes" if dirty else "")
+
+
+def machine_info(mfetch_bin: str) -> dict[str, str]:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cc = sh("sysctl", "-n", "net.ipv4.tcp_congestion_control", check=False).stdout.strip()
+    return {
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"nproc {os.cpu_count()}, {cpu}, kernel {platform.release()}, "
+                   f"tcp cc {cc or '?'}",
+        "aria2c": version(["aria2c", "--version"]),
+        "axel": version(["axel", "--version"]),
+        "nginx": version(["nginx", "-v"]),
+        "curl": version(["curl", "--version"]),
+        "mfetch": mfetch_version(mfetch_bin),
+        "python": platform.python_version(),
+    }
+
+
+def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result], dict]],
+                  argv: list[str], die_mode: str) -> None:
+    doc = __doc__ or ""
+    formula = doc[doc.index("Ideal time and efficiency"):].strip()
+    lines = ["# mfetch benchmark results", "",
+             f"Generated by `bench/run.py {' '.join(argv)}`.", ""]
+    for k, v in info.items():
+        lines.append(f"- **{k}**: {v}")
+    death = "link set down" if die_mode == "linkdown" else "nginx SIGKILLed"
+    topology = (
+        "Topology: one client namespace, one namespace per mirror, a veth pair each; "
+        "each mirror's egress shaped with `tc tbf` (no netem, so no added latency); "
+        "nginx with sendfile serves a random file from the page cache. "
+        f"Stall: fastest mirror's tbf replaced by {STALL_KBIT} kbit/s at 30% of the ideal "
+        f"time. Die: fastest mirror {death} at 30% of the ideal time."
+    )
+    settings = [
+        "- mfetch: `mfetch URL... -o OUT --quiet --json` (defaults)",
+        "- aria2c: defaults (-x1 -s5 -k20M, prealloc), all mirrors as URIs of one file",
+        ("- aria2c-tuned: `-x16 -s16 (2xN if more) -k1M --file-allocation=none "
+         "--uri-selector=adaptive --lowest-speed-limit=10K --connect-timeout=5 "
+         "--timeout=10 --retry-wait=1 --max-tries=0`"),
+        "- axel: `-n max(16,N)` with all mirrors",
+        ("- curl: `curl -o`, first (fastest) mirror only, so its ideal time uses that "
+         "mirror's rate alone"),
+    ]
+    method = (
+        "Wall: spawn to exit. CPU: user+sys from `os.wait4` of the child. Peak RSS: the "
+        "tool's `ru_maxrss` as reported by GNU `time` (which forks it), because the "
+        "harness's own wait4 value starts at the harness's peak. Tools run with default "
+        "signal dispositions (SIGPIPE kills, as in a shell). Result: right = exit 0 and "
+        "sha256 equal to the generated file; WRONG = exit 0 but different bytes; "
+        "failed = non-zero exit, signal, or timeout "
+        "(timeout = max(30 s, 4 x expected ideal + 10 s))."
+    )
+    lines += ["", topology, "", "Tool settings:", "", *settings, "", method, "",
+              "```", formula, "```", ""]
+    for case, results, meta in blocks:
+        rates = ("unshaped loopback" if case.rates is None
+                 else "/".join(f"{r:g}" for r in case.rates) + f" Mbit/s (sum {sum(case.rates):g})")
+        lines += [f"## {case.name}: {case.desc}", "",
+                  f"File {meta['size'] / MIB:.0f} MiB ({meta['size']} bytes), rates {rates}.", ""]
+        lines += fmt_table(case, results, meta["size"])
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small files, smoke run")
+    ap.add_argument("--size", type=parse_size, help="file size for every case (e.g. 512M)")
+    ap.add_argument("--cases", default=",".join(c.name for c in CASES),
+                    help="comma list of: " + ",".join(c.name for c in CASES))
+    ap.add_argument("--tools", help="comma list (default: all per case): "
+                    "mfetch,aria2c,aria2c-tuned,axel,curl")
+    ap.add_argument("--mfetch", default=str(REPO / ".venv" / "bin" / "mfetch"),
+                    help="path of the mfetch command")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every tool N times per case (one row per run)")
+    ap.add_argument("--die-mode", choices=["kill", "linkdown"], default="kill")
+    ap.add_argument("--timeout-factor", type=float, default=4.0,
+                    help="timeout = factor * expected ideal + 10 s")
+    ap.add_argument("--min-timeout", type=float, default=30.0)
+    ap.add_argument("--results", type=Path,
+                    help="markdown output (default bench/RESULTS.md, "
+                         "bench/work/RESULTS-quick.md with --quick)")
+    ap.add_argument("--cleanup", action="store_true", help="only remove leftovers and exit")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        log("bench/run.py needs root (ip netns, tc)")
+        return 2
+    for b in ("ip", "tc", "nginx", "curl"):
+        if shutil.which(b) is None:
+            log(f"missing required command: {b}")
+            return 2
+
+    def on_signal(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    lock = open(WORK / ".lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another bench/run.py is running (bench/work/.lock); not touching its namespaces")
+        return 2
+    cleanup_all()  # leftovers from a crashed earlier run
+    if args.cleanup:
+        return 0
+
+    wanted = args.cases.split(",")
+    unknown = set(wanted) - {c.name for c in CASES}
+    if unknown:
+        ap.error(f"unknown case(s): {sorted(unknown)}")
+    only = args.tools.split(",") if args.tools else None
+    tools = tool_table(args.mfetch)
+    if only and set(only) - set(tools):
+        ap.error(f"unknown tool(s): {sorted(set(only) - set(tools))}")
+    if Path(args.mfetch).exists():
+        chk = subprocess.run([args.mfetch, "--help"], capture_output=True, check=False)
+        if chk.returncode != 0:
+            log(f"note: {args.mfetch} --help exits {chk.returncode}; running it anyway")
+    else:
+        log(f"note: {args.mfetch} not found; mfetch rows will say 'skipped'")
+    results_path = args.results or (WORK / "RESULTS-quick.md" if args.quick
+                                    else HERE / "RESULTS.md")
+
+    blocks = []
+    t_start = time.monotonic()
+    try:
+        for case in CASES:
+            if case.name not in wanted:
+                continue
+            size = args.size or (case.quick_size if args.quick else case.size)
+            results, meta = run_case(case, size, tools, only, args.timeout_factor,
+                                     args.die_mode, args.min_timeout, args.repeat)
+            blocks.append((case, results, meta))
+            print(f"\n## {case.name}: {case.desc} ({size / MIB:.0f} MiB)\n")
+            print("\n".join(fmt_table(case, results, size)), flush=True)
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        for pid in CURRENT_CHILD:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        cleanup_all()
+        if blocks:
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            write_results(results_path, machine_info(args.mfetch), blocks,
+                          sys.argv[1:], args.die_mode)
+            log(f"wrote {results_path} (total {time.monotonic() - t_start:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
