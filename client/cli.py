@@ -1,0 +1,196 @@
+"""mfetch: fetch one file from many sources at once, verifying every piece.
+
+    mfetch NAME [--tracker HOST:PORT] [-o OUT]     ask the tracker who holds NAME
+    mfetch URL [URL ...] [-o OUT]                  mirrors of one file, no tracker
+
+Exit status: 0 only for a complete, verified file; 1 on any error; 130 when
+interrupted (the verified pieces are kept, and the same command resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import time
+
+import aiohttp
+
+from common.errors import ConfigError, MfetchError, StorageError
+from common.tracker_client import TrackerClient
+from client import config as client_config
+from client.fetcher import Fetcher, Result, content_key
+from client.plan import Plan, parse_sha256, plan_from_tracker, plan_from_urls
+from client.storage import PartFile
+
+log = logging.getLogger("mfetch")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mfetch",
+        description="Fetch one file from many sources at once, verifying every piece.",
+        epilog="A NAME is looked up on the tracker (--tracker, $MFETCH_TRACKER or the config "
+               "file; default 127.0.0.1:7700). Several URLs are mirrors of the same file.")
+    p.add_argument("targets", nargs="+", metavar="NAME | URL", help="a file name, or URLs")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="where to save (a file, or an existing folder); default: the name")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="the tracker to ask for a NAME")
+    p.add_argument("--sha256", metavar="HEX",
+                   help="the whole file's SHA-256: checked before the file is handed over, "
+                        "and picks one version when holders disagree")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every source event")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML settings (default ~/.config/mfetch/config.yaml if present)")
+    p.add_argument("--connections", type=int, metavar="N",
+                   help="connections per source to start with (default 2)")
+    p.add_argument("--max-connections", dest="max_connections_per_source", type=int,
+                   metavar="N", help="most connections to one source (default 6)")
+    p.add_argument("--stall-timeout", type=float, metavar="S",
+                   help="seconds without a byte before a request is given up (default 8)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
+        format="mfetch: %(message)s", stream=sys.stderr)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(_main(args))
+    except KeyboardInterrupt:
+        print("mfetch: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except MfetchError as e:
+        print(f"mfetch: error: {e}", file=sys.stderr)
+        return 1
+
+
+async def _main(args: argparse.Namespace) -> int:
+    flags = {"tracker": args.tracker, "connections": args.connections,
+             "max_connections_per_source": args.max_connections_per_source,
+             "stall_timeout": args.stall_timeout}
+    cfg = client_config.load(args.config, flags)
+    urls = [t for t in args.targets if "://" in t]
+    if urls and len(urls) != len(args.targets):
+        raise ConfigError("give either one NAME or URLs, not both")
+    if not urls and len(args.targets) > 1:
+        raise ConfigError("give one NAME at a time (several URLs are mirrors of one file)")
+    for u in urls:
+        if not u.startswith(("http://", "https://")):
+            raise ConfigError(f"{u}: only http:// and https:// URLs are supported")
+    sha256 = parse_sha256(args.sha256) if args.sha256 else None
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout,
+                                    sock_read=cfg.stall_timeout + 5)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=cfg.max_connections_per_source + 1)
+    started = time.monotonic()
+    try:
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                         auto_decompress=False) as session:
+            if urls:
+                plan = await plan_from_urls(session, urls, sha256)
+            else:
+                async with TrackerClient(cfg.tracker) as tracker:
+                    plan = await plan_from_tracker(session, tracker, args.targets[0], sha256)
+            out = output_path(args.output, plan, args.force)
+            for note in plan.notes:
+                log.warning("%s", note)
+            result = await fetch(plan, out, cfg, session, quiet=args.quiet, started=started)
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    if args.json:
+        print(json.dumps(summary(result), indent=2))
+    elif not args.quiet:
+        checked = f"sha256 {result.sha256}" if result.sha256 else "not hash-checked"
+        print(f"{result.path}: {result.size} bytes in {result.seconds:.1f}s "
+              f"({', '.join(result.verified)}; {checked})", file=sys.stderr)
+    return 0
+
+
+def output_path(option: str | None, plan: Plan, force: bool) -> pathlib.Path:
+    """Where to save: OUT, OUT/name if OUT is a folder, or ./name. Refuses to clobber."""
+    out = pathlib.Path(option) if option else pathlib.Path(plan.name)
+    if out.is_dir():
+        out = out / plan.name
+    if out.exists() and not force:
+        raise StorageError(f"{out} already exists (use --force to overwrite it)")
+    if out.exists() and not out.is_file():
+        raise StorageError(f"{out} exists and is not a regular file")
+    folder = out.parent if str(out.parent) else pathlib.Path(".")
+    if not folder.is_dir():
+        raise StorageError(f"folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise StorageError(f"folder {folder} is not writable")
+    return out
+
+
+async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
+                session: aiohttp.ClientSession, *, quiet: bool, started: float) -> Result:
+    store = PartFile(out)
+    done, note = store.open(content_key(plan), plan.pieces)
+    if note:
+        log.warning("%s", note)
+    progress = None
+    if not quiet and sys.stderr.isatty():
+        from client.progress import Progress
+        progress = Progress(plan.name)
+    fetcher = Fetcher(plan, store, config=cfg.scheduler(), session=session, done=done,
+                      on_progress=progress)
+    try:
+        if progress:
+            with progress:
+                sha = await fetcher.run()
+        else:
+            sha = await fetcher.run()
+        path = store.finish()
+    finally:
+        store.close()
+    return Result(str(path), plan.size, sha, time.monotonic() - started, fetcher.report(),
+                  tuple(plan.notes) + tuple(fetcher.notes), verified_by(plan))
+
+
+def verified_by(plan: Plan) -> tuple[str, ...]:
+    """What vouched for the bytes, strongest first."""
+    checks = []
+    if plan.piece_hashes is not None:
+        checks.append("every piece's sha256")
+    if plan.sha256 is not None:
+        checks.append("the whole file's sha256")
+    if not checks:
+        checks.append("sizes, ranges and validators only")
+    return tuple(checks)
+
+
+def summary(r: Result) -> dict[str, object]:
+    return {
+        "path": r.path,
+        "size": r.size,
+        "sha256": r.sha256 or None,
+        "verified": list(r.verified),
+        "seconds": round(r.seconds, 3),
+        "sources": [
+            {"url": s.url, "kind": s.kind, "bytes": s.bytes, "pieces": s.pieces,
+             "failures": s.failures, "dropped": bool(s.dropped), "dropped_reason": s.dropped}
+            for s in r.sources
+        ],
+        "notes": list(r.notes),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

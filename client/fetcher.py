@@ -1,0 +1,380 @@
+"""The I/O shell around the scheduler: connections, range requests, pieces on disk.
+
+Each connection is a worker task that asks the scheduler for work, runs the
+range request it is given, and feeds what happens back as events. Bytes
+stream through a :class:`PieceSink` that hashes each piece as it arrives and
+writes it in place; a piece counts only once its hash matches. A background
+task hashes the finished prefix of the file in order, so the whole-file
+SHA-256 is ready moments after the last piece.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from common.errors import IntegrityError, MfetchError, SourceError
+from client import events as ev
+from client.http import BASE_HEADERS, TRANSIENT_ERRORS, check_range_response, describe, \
+    status_fault, validator_of
+from client.plan import Plan
+from client.scheduler import Scheduler, SchedulerConfig
+from client.storage import ContentKey, PartFile
+
+log = logging.getLogger("mfetch")
+
+READ_CHUNK = 256 * 1024
+TICK = 0.1
+CHECKPOINT_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class SourceReport:
+    url: str
+    kind: str
+    bytes: int
+    pieces: int
+    failures: int
+    dropped: str
+
+
+@dataclass(frozen=True)
+class Result:
+    path: str
+    size: int
+    sha256: str
+    seconds: float
+    sources: tuple[SourceReport, ...]
+    notes: tuple[str, ...]
+    verified: tuple[str, ...]
+
+
+@dataclass
+class _SourceState:
+    url: str
+    kind: str
+    validator: str
+    ranges_seen: bool = False  # has answered a range request with 206
+
+
+class PieceSink:
+    """Turns the body of one response into verified pieces.
+
+    Streaming requests write each chunk in place as it comes (unless the piece
+    is already done). Buffered requests (tail duplicates) keep the piece in
+    memory and write it only once verified and still needed.
+    """
+
+    def __init__(self, fetcher: Fetcher, fetch: ev.Fetch, skip: int) -> None:
+        self.f = fetcher
+        self.req = fetch
+        self.piece = fetch.first
+        self.pos = fetch.first * fetcher.plan.piece_size
+        self.skip = skip  # bytes to discard first (a source that ignores ranges)
+        # Without piece hashes there is nothing to check a piece against: don't hash.
+        self.checking = fetcher.plan.piece_hashes is not None
+        self.hasher = hashlib.sha256() if self.checking else None
+        self.buf = bytearray() if fetch.buffered else None
+
+    @property
+    def complete(self) -> bool:
+        return self.piece >= self.f.sched.request_end(self.req.request)
+
+    def feed(self, data: bytes) -> bool:
+        """Take a chunk; False once the request has everything it must deliver."""
+        view = memoryview(data)
+        if self.skip:
+            n = min(self.skip, len(view))
+            self.skip -= n
+            view = view[n:]
+        plan, store, sched = self.f.plan, self.f.store, self.f.sched
+        counted = 0
+        while view:
+            if self.piece >= sched.request_end(self.req.request):
+                break
+            piece_end = min((self.piece + 1) * plan.piece_size, plan.size)
+            part = view[: piece_end - self.pos]
+            if self.hasher is not None:
+                self.hasher.update(part)
+            if self.buf is not None:
+                self.buf += part
+            elif not sched.is_done(self.piece):
+                store.pwrite(self.pos, part)
+            self.pos += len(part)
+            counted += len(part)
+            view = view[len(part):]
+            if self.pos == piece_end:
+                self.f.emit(ev.BytesReceived(self.req.request, counted))
+                counted = 0
+                if not self._piece_complete():
+                    return False
+        if counted:
+            self.f.emit(ev.BytesReceived(self.req.request, counted))
+        return not self.complete
+
+    def _piece_complete(self) -> bool:
+        """Check the piece that just ended; False if it was bad."""
+        piece, plan = self.piece, self.f.plan
+        good = True
+        if self.hasher is not None and plan.piece_hashes is not None:
+            good = hmac.compare_digest(self.hasher.digest(), plan.piece_hashes[piece])
+            self.hasher = hashlib.sha256()
+        self.piece += 1
+        if not good:
+            self.f.emit(ev.PieceBad(self.req.request, piece))
+            return False
+        if not self.f.sched.is_done(piece):
+            if self.buf is not None:
+                self.f.store.pwrite(piece * plan.piece_size, self.buf)
+            self.f.store.mark_done(piece)
+            self.f.pieces_changed.set()
+        if self.buf is not None:
+            self.buf = bytearray()
+        self.f.emit(ev.PieceDone(self.req.request, piece))
+        return True
+
+
+class Fetcher:
+    """Runs one download to completion. Construct, then ``await run()``."""
+
+    def __init__(self, plan: Plan, store: PartFile, *, config: SchedulerConfig | None = None,
+                 session: aiohttp.ClientSession, done: set[int] | None = None,
+                 on_progress: Callable[[Fetcher], None] | None = None) -> None:
+        self.plan = plan
+        self.store = store
+        self.session = session
+        self.sources = [_SourceState(s.url, s.kind, s.validator) for s in plan.sources]
+        self.sched = Scheduler(plan.pieces, plan.piece_size, plan.size, len(plan.sources),
+                               done=done or (), config=config, clock=time.monotonic)
+        for i, s in enumerate(plan.sources):
+            if not s.ranges:
+                self.sched.sources[i].ranges = False
+                self.sched.sources[i].max_connections = 1
+        self.on_progress = on_progress
+        self.workers: dict[int, asyncio.Task[None]] = {}
+        self.running: dict[int, asyncio.Task[None]] = {}  # request id -> its task
+        self.changed = asyncio.Event()
+        self.pieces_changed = asyncio.Event()
+        self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.started = time.monotonic()
+        self.resumed_bytes = sum(
+            min(plan.piece_size, plan.size - i * plan.piece_size) for i in (done or ()))
+        self.notes: list[str] = []
+        self._flushing: asyncio.Future[None] | None = None
+
+    # ---- the loop ---------------------------------------------------------
+
+    async def run(self) -> str:
+        """Fetch every piece; returns the hex SHA-256 of the whole file, checked.
+
+        The whole file is hashed only when there is a digest to check it
+        against; otherwise "" is returned (hashing costs more CPU than the rest
+        of a download, for nothing to compare).
+        Raises SourceError when every source failed, IntegrityError when the
+        whole file does not match the expected digest, StorageError on disk errors.
+        """
+        digest = asyncio.create_task(self._hash_in_order()) if self.plan.sha256 else None
+        ticker = asyncio.create_task(self._tick())
+        try:
+            self._execute(self.sched.start())
+            failure = await self.outcome
+        finally:
+            ticker.cancel()
+            for t in [*self.workers.values(), *self.running.values()]:
+                t.cancel()
+            await asyncio.gather(ticker, *self.workers.values(), *self.running.values(),
+                                 return_exceptions=True)
+            await self._checkpoint()
+        if failure:
+            if digest:
+                digest.cancel()
+            raise SourceError(failure)
+        if digest is None:
+            return ""
+        self.pieces_changed.set()
+        sha = await digest
+        if sha != self.plan.sha256:
+            raise IntegrityError(
+                f"the file's sha256 is {sha.hex()}, expected {self.plan.sha256.hex()}; "
+                f"kept as {self.store.part.name}")
+        return sha.hex()
+
+    def emit(self, event: ev.Event) -> None:
+        """Feed an event to the scheduler and carry out what it answers."""
+        self._execute(self.sched.handle(event))
+
+    def _execute(self, actions: list[ev.Action]) -> None:
+        for a in actions:
+            match a:
+                case ev.OpenConnection(conn, source):
+                    self.workers[conn] = asyncio.create_task(self._worker(conn, source))
+                case ev.Cancel(request, reason):
+                    task = self.running.pop(request, None)
+                    if task is not None:
+                        log.debug("cancel request %d: %s", request, reason)
+                        task.cancel()
+                case ev.DropSource(source, reason):
+                    self.notes.append(f"dropped {self.sources[source].url}: {reason}")
+                    log.warning("dropping %s: %s", self.sources[source].url, reason)
+                case ev.Finished():
+                    if not self.outcome.done():
+                        self.outcome.set_result("")
+                case ev.Failed(reason):
+                    if not self.outcome.done():
+                        self.outcome.set_result(self._failure_text())
+                case ev.Fetch() | ev.Wait() | ev.CloseConnection() | ev.Truncate():
+                    pass  # handled by the worker that asked, or read through request_end
+        self.changed.set()
+
+    async def _worker(self, conn: int, source: int) -> None:
+        while True:
+            actions = self.sched.handle(ev.ConnectionIdle(conn))
+            mine = next((a for a in actions if getattr(a, "conn", None) == conn
+                         and isinstance(a, (ev.Fetch, ev.Wait, ev.CloseConnection))), None)
+            self._execute([a for a in actions if a is not mine])
+            if isinstance(mine, ev.Fetch):
+                task = asyncio.create_task(self._request(mine))
+                self.running[mine.request] = task
+                await asyncio.wait([task])
+                self.running.pop(mine.request, None)
+                if task.cancelled():
+                    self.emit(ev.RequestEnded(mine.request, None))
+            elif isinstance(mine, ev.Wait):
+                self.changed.clear()
+                try:
+                    await asyncio.wait_for(self.changed.wait(), 0.25)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                self.workers.pop(conn, None)
+                return
+
+    async def _request(self, f: ev.Fetch) -> None:
+        fault = await self._fetch_range(f)
+        if fault is not None:
+            log.debug("request %d to %s failed: %s", f.request, self.sources[f.source].url,
+                      fault.message)
+        self.emit(ev.RequestEnded(f.request, fault))
+
+    async def _fetch_range(self, f: ev.Fetch) -> ev.Fault | None:
+        plan, src = self.plan, self.sources[f.source]
+        start = f.first * plan.piece_size
+        end = min(f.end * plan.piece_size, plan.size)
+        ranged = self.sched.sources[f.source].ranges
+        headers = dict(BASE_HEADERS)
+        if ranged:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+            if src.validator:
+                headers["If-Range"] = src.validator
+        try:
+            async with self.session.get(src.url, headers=headers) as resp:
+                if resp.status == 200 and ranged:
+                    if src.ranges_seen or (src.validator and validator_of(resp.headers)
+                                           not in ("", src.validator)):
+                        return ev.Fault(ev.FaultKind.FATAL, "the file changed on the server")
+                    self.emit(ev.RangesIgnored(f.request))
+                    return None
+                if resp.status not in (200, 206):
+                    return status_fault(resp.status, resp.reason)
+                if resp.status == 206:
+                    bad = check_range_response(resp, start, end, plan.size, src.validator)
+                    if bad:
+                        return bad
+                    src.ranges_seen = True
+                    if not src.validator:
+                        src.validator = validator_of(resp.headers)
+                elif resp.content_length not in (None, plan.size):
+                    return ev.Fault(ev.FaultKind.FATAL,
+                                    f"now says the file has {resp.content_length} bytes")
+                sink = PieceSink(self, f, skip=0 if ranged else start)
+                while True:
+                    chunk = await resp.content.readany()
+                    if not chunk:
+                        break
+                    if not sink.feed(chunk):
+                        break
+                if not sink.complete:
+                    return ev.Fault(ev.FaultKind.TRANSIENT, "the response ended early")
+                return None
+        except MfetchError:
+            raise
+        except TRANSIENT_ERRORS as e:
+            return ev.Fault(ev.FaultKind.TRANSIENT, describe(e))
+
+    async def _tick(self) -> None:
+        last_checkpoint = time.monotonic()
+        while True:
+            await asyncio.sleep(TICK)
+            self.emit(ev.Tick())
+            if self.on_progress:
+                self.on_progress(self)
+            if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
+                last_checkpoint = time.monotonic()
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Flush and vouch for the verified pieces, off the event loop.
+
+        A checkpoint in a thread cannot be cancelled, so one in flight is
+        awaited (shielded) before another starts: two never race on the
+        control file, and the last one of a run sees everything.
+        """
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        snap = self.store.snapshot()
+        if snap is not None and self.store.fd >= 0:
+            self._flushing = asyncio.ensure_future(asyncio.to_thread(self.store.checkpoint, snap))
+            await asyncio.shield(self._flushing)
+
+    async def _hash_in_order(self) -> bytes:
+        """SHA-256 of the whole file, read back in order as the done prefix grows."""
+        h = hashlib.sha256()
+        plan, done = self.plan, self.store.done
+        nxt = 0
+        while nxt < plan.pieces:
+            end = nxt
+            while end < plan.pieces and done[end]:
+                end += 1
+            if end == nxt:
+                self.pieces_changed.clear()
+                await self.pieces_changed.wait()
+                continue
+            a, b = nxt * plan.piece_size, min(end * plan.piece_size, plan.size)
+            await asyncio.to_thread(_hash_range, self.store, h, a, b)
+            nxt = end
+        return h.digest()
+
+    def _failure_text(self) -> str:
+        lines = []
+        for i, s in enumerate(self.sources):
+            lines.append(f"{s.url}: {self.sched.sources[i].dropped or 'failed'}")
+        if len(lines) == 1:
+            return lines[0]
+        return "every source failed: " + "; ".join(lines)
+
+    def report(self) -> tuple[SourceReport, ...]:
+        return tuple(
+            SourceReport(s.url, s.kind, st.bytes, st.pieces, st.failures, st.dropped)
+            for s, st in ((s, self.sched.stats(i)) for i, s in enumerate(self.sources)))
+
+
+def _hash_range(store: PartFile, h: "hashlib._Hash", start: int, end: int) -> None:
+    block = 4 * 1024 * 1024
+    while start < end:
+        data = store.pread(start, min(block, end - start))
+        if not data:
+            raise IntegrityError("the partial file is shorter than expected")
+        h.update(data)
+        start += len(data)
+
+
+def content_key(plan: Plan) -> ContentKey:
+    return ContentKey(plan.size, plan.piece_size, plan.sha256.hex() if plan.sha256 else "",
+                      plan.root.hex() if plan.root else "",
+                      {s.url: s.validator for s in plan.sources if s.validator})

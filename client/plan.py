@@ -1,0 +1,169 @@
+"""What to fetch and from where: a NAME through the tracker, or mirrors given by hand.
+
+The result is a :class:`Plan`: the content's size and piece layout, what
+vouches for its bytes (piece hashes checked against the tracker's root, or
+only a whole-file SHA-256, or only HTTP validators), and its sources.
+"""
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import unicodedata
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+
+from common.errors import ConfigError, IntegrityError, NotFoundError, SourceError
+from common.identity import Identity, piece_size_for
+from common.tracker_client import Candidate, SourceKind, TrackerClient
+from client.http import BASE_HEADERS, TRANSIENT_ERRORS, Probe, describe, probe
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    url: str
+    kind: str  # "agent", "mirror" or "url"
+    validator: str = ""  # known in advance (agents: their ETag; URLs: from the probe)
+    ranges: bool = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # a plain file name to save as
+    size: int
+    piece_size: int
+    sha256: bytes | None  # whole-file digest to check before handing the file over
+    root: bytes | None
+    piece_hashes: tuple[bytes, ...] | None  # verified against root; None: no piece checks
+    sources: tuple[SourcePlan, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def pieces(self) -> int:
+        return -(-self.size // self.piece_size)
+
+
+def safe_name(raw: str, fallback: str = "download") -> str:
+    """A plain file name from a name or URL path: no folders, no control characters."""
+    base = posixpath.basename(raw.replace("\\", "/"))
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
+    if base in ("", ".", ".."):
+        return fallback
+    return base[:255]
+
+
+def name_from_url(url: str) -> str:
+    return safe_name(unquote(urlsplit(url).path), fallback="index.html")
+
+
+async def plan_from_tracker(session: aiohttp.ClientSession, tracker: TrackerClient, name: str,
+                            sha256: bytes | None) -> Plan:
+    """Locate `name` (or `sha256`) and build a plan from the best candidate.
+
+    Raises NotFoundError, TrackerError, IntegrityError (no source has a
+    piece list matching the root), SourceError.
+    """
+    if name:
+        candidates = await tracker.locate(name=name)
+        if sha256 is not None:
+            candidates = [c for c in candidates if c.content.sha256 == sha256]
+            if not candidates:
+                raise NotFoundError(f"no version of {name!r} has sha256 {sha256.hex()}")
+    else:
+        assert sha256 is not None
+        candidates = await tracker.locate(sha256=sha256)
+    best = candidates[0]
+    notes = []
+    if len(candidates) > 1:
+        others = ", ".join(f"{c.content.sha256.hex()[:12]}… ({c.live_holders} holders)"
+                           for c in candidates[1:])
+        notes.append(f"{len(candidates)} versions of {name!r} exist; taking "
+                     f"{best.content.sha256.hex()[:12]}… held by {best.live_holders}; "
+                     f"others: {others} (pick one with --sha256)")
+    if not best.sources:
+        raise NotFoundError(f"{name or sha256.hex() if sha256 else ''}: no live source holds it")
+    return await _plan_candidate(session, best, name or best.name, notes)
+
+
+async def _plan_candidate(session: aiohttp.ClientSession, cand: Candidate, name: str,
+                          notes: list[str]) -> Plan:
+    content = cand.content
+    agents = [s for s in cand.sources if s.kind is SourceKind.AGENT]
+    sources = tuple(SourcePlan(s.url, s.kind.value) for s in cand.sources)
+    if not cand.has_pieces:
+        # Only mirrors: no piece hashes, but the whole-file sha256 is known.
+        piece = piece_size_for(content.size)
+        return Plan(safe_name(name), content.size, piece, content.sha256, None, None, sources,
+                    tuple(notes))
+    hashes = await fetch_piece_list(session, content, [s.pieces_url for s in agents])
+    return Plan(safe_name(name), content.size, content.piece_size, content.sha256, content.root,
+                tuple(hashes), sources, tuple(notes))
+
+
+async def fetch_piece_list(session: aiohttp.ClientSession, content: Identity,
+                           urls: list[str]) -> list[bytes]:
+    """The piece list from the first source whose list hashes to the content's root."""
+    errors = []
+    for url in urls:
+        try:
+            async with session.get(url, headers=BASE_HEADERS) as resp:
+                if resp.status != 200:
+                    errors.append(f"{url}: answered {resp.status}")
+                    continue
+                limit = content.pieces * 32
+                blob = await resp.content.read(limit + 1)
+            return content.check_piece_list(blob)
+        except IntegrityError as e:
+            errors.append(f"{url}: {e}")
+        except TRANSIENT_ERRORS as e:
+            errors.append(f"{url}: {describe(e)}")
+    raise IntegrityError("no source gave a piece list matching the content's root: "
+                         + "; ".join(errors))
+
+
+async def plan_from_urls(session: aiohttp.ClientSession, urls: list[str],
+                         sha256: bytes | None) -> Plan:
+    """Probe every URL; they must agree on the size. Unreachable ones are left out.
+
+    Raises SourceError when none answers, ConfigError when they disagree on the size.
+    """
+    results = await asyncio.gather(*(probe(session, u) for u in urls), return_exceptions=True)
+    probes: list[Probe] = []
+    notes = []
+    failures = []
+    for url, r in zip(urls, results):
+        if isinstance(r, SourceError):
+            failures.append(str(r))
+        elif isinstance(r, BaseException):
+            raise r
+        else:
+            probes.append(r)
+    if not probes:
+        raise SourceError(failures[0] if len(failures) == 1 else
+                          "no mirror answered: " + "; ".join(failures))
+    notes += [f"leaving out {f}" for f in failures]
+    sizes = {p.size for p in probes}
+    if len(sizes) > 1:
+        detail = ", ".join(f"{p.url} has {p.size}" for p in probes)
+        raise ConfigError(f"the mirrors disagree on the size: {detail} bytes")
+    size = sizes.pop()
+    ranged = [p for p in probes if p.ranges]
+    if ranged and len(ranged) < len(probes):
+        notes.append("leaving out mirrors that ignore byte ranges: "
+                     + ", ".join(p.url for p in probes if not p.ranges))
+        probes = ranged
+    sources = tuple(SourcePlan(p.url, "url", p.validator, p.ranges) for p in probes)
+    return Plan(name_from_url(urls[0]), size, piece_size_for(size), sha256, None, None, sources,
+                tuple(notes))
+
+
+def parse_sha256(text: str) -> bytes:
+    """A 64-hex-digit SHA-256; raises ConfigError otherwise."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"--sha256 wants 64 hex digits, got {text!r}")
+    return raw

@@ -1,0 +1,568 @@
+"""The scheduler: which connection fetches which pieces from which source.
+
+A pure core in the manner of h11: it takes events (:mod:`client.events`) and
+answers with actions, and never touches a socket, a file or the real clock
+(``clock`` is injected). The policy:
+
+- Pull, don't push. An idle connection asks for work, so faster connections
+  take more: throughput weighting is measured, not guessed.
+- A request covers about ``request_seconds`` of its connection's measured
+  rate, in whole pieces, and never more than that connection's fair share of
+  what is left, so a slow source holds little at the end.
+- Connections per source start at ``initial_connections`` and grow one at a
+  time while each addition raises that source's throughput, up to
+  ``max_connections_per_source``.
+- The tail: when nothing is unclaimed, an idle connection that would finish
+  sooner takes the far part of the slowest request (the victim is truncated),
+  or duplicates the piece expected to finish last; the first verified copy wins
+  and the other request is cancelled.
+- Faults: a request with no bytes for ``stall_timeout`` (or none at all within
+  ``first_byte_timeout``) fails; failures back off exponentially with jitter;
+  ``max_failures`` failures in a row, any fatal fault, or one bad piece drop
+  the source, and its work returns to the pool.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from client.events import (
+    Action,
+    BytesReceived,
+    Cancel,
+    CloseConnection,
+    ConnectionIdle,
+    DropSource,
+    Event,
+    Failed,
+    Fault,
+    FaultKind,
+    Fetch,
+    Finished,
+    OpenConnection,
+    PieceBad,
+    PieceDone,
+    RangesIgnored,
+    RequestEnded,
+    Tick,
+    Truncate,
+    Wait,
+)
+
+NO_OWNER = -1
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    initial_connections: int = 2
+    max_connections_per_source: int = 6
+    request_seconds: float = 1.5
+    max_request_bytes: int = 64 * 1024 * 1024
+    rate_window: float = 0.5
+    adapt_interval: float = 0.75
+    adapt_gain: float = 1.10  # add a connection only if the last one raised throughput 10%
+    stall_timeout: float = 8.0
+    first_byte_timeout: float = 15.0
+    max_failures: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 15.0
+    tail_margin: float = 1.5  # a thief must be this much faster than its victim
+    latency_guess: float = 0.05  # cost of starting a request, before measuring
+
+
+class RateMeter:
+    """Bytes per second over windows of ``window`` seconds, smoothed (EWMA).
+
+    Windows with no bytes count as zero, so a stalled stream's rate decays.
+    """
+
+    def __init__(self, window: float, now: float) -> None:
+        self.window = window
+        self.start = now
+        self.bytes = 0
+        self.rate = 0.0
+        self.samples = 0
+        self.first_byte: float | None = None
+        self.total = 0
+
+    def add(self, n: int, now: float) -> None:
+        self._roll(now)
+        self.bytes += n
+        self.total += n
+        if self.first_byte is None:
+            self.first_byte = now
+
+    def value(self, now: float) -> float:
+        self._roll(now)
+        if self.samples == 0 and self.first_byte is not None and now - self.first_byte >= 0.02:
+            # Before the first full window: a provisional rate, so requests grow at once.
+            return self.total / (now - self.first_byte)
+        return self.rate
+
+    def _roll(self, now: float) -> None:
+        elapsed = now - self.start
+        if elapsed < self.window:
+            return
+        sample = self.bytes / elapsed
+        self.rate = sample if self.samples == 0 else 0.5 * sample + 0.5 * self.rate
+        self.samples += 1
+        self.start, self.bytes = now, 0
+
+
+@dataclass(eq=False)
+class _Source:
+    id: int
+    max_connections: int
+    conns: set[int] = field(default_factory=set)
+    target: int = 0
+    failures: int = 0
+    in_a_row: int = 0
+    blocked_until: float = 0.0
+    dropped: str = ""  # why, once dropped
+    ranges: bool = True
+    bytes: int = 0
+    pieces: int = 0
+    adapt_at: float = 0.0
+    rate_before_add: float = 0.0
+    saturated: bool = False
+
+
+@dataclass(eq=False)
+class _Conn:
+    id: int
+    source: int
+    meter: RateMeter
+    request: int | None = None
+    last_count: int = 0  # pieces in its last request (slow start doubles it)
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    conn: int
+    source: int
+    first: int
+    end: int
+    buffered: bool
+    started: float
+    cursor: int  # first piece of [first, end) this request has not finished
+    got: int = 0  # bytes received
+    got_in_cursor: int = 0  # bytes received of the piece at `cursor`
+    last_byte: float | None = None
+
+
+@dataclass
+class SourceStats:
+    """What one source did, for the summary."""
+
+    bytes: int
+    pieces: int
+    failures: int
+    dropped: str
+    connections: int
+
+
+class Scheduler:
+    """Decides the work of every connection; see the module docstring.
+
+    ``piece_sizes(i)`` gives the size of piece ``i``; ``done`` holds pieces
+    already verified (a resumed download). ``sources`` is how many sources
+    there are, numbered from 0.
+    """
+
+    def __init__(
+        self,
+        pieces: int,
+        piece_size: int,
+        size: int,
+        sources: int,
+        *,
+        done: Iterable[int] = (),
+        config: SchedulerConfig | None = None,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = config or SchedulerConfig()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.pieces = pieces
+        self.piece_size = piece_size
+        self.size = size
+        self.done = bytearray(pieces)
+        for i in done:
+            self.done[i] = 1
+        self.left = pieces - sum(self.done)
+        self.owner = [NO_OWNER] * pieces  # the one request streaming a piece to disk
+        self.dups: dict[int, set[int]] = {}  # piece -> buffered requests copying it
+        self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
+        self.conns: dict[int, _Conn] = {}
+        self.requests: dict[int, _Request] = {}
+        self._next_id = 0
+        self._low = 0  # no unclaimed piece below this index
+        self.finished = False
+        self.failed = ""
+
+    # ---- public surface -------------------------------------------------
+
+    def start(self) -> list[Action]:
+        """The first actions: open connections, or Finished if nothing is left."""
+        if self.left == 0:
+            self.finished = True
+            return [Finished()]
+        now = self.clock()
+        out: list[Action] = []
+        for s in self.sources:
+            s.target = min(self.cfg.initial_connections, s.max_connections)
+            s.adapt_at = now + self.cfg.adapt_interval
+            out += self._open_up_to_target(s)
+        return out
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event; get the actions it calls for."""
+        if self.finished or self.failed:
+            if isinstance(event, ConnectionIdle):
+                return [CloseConnection(event.conn)]
+            return []
+        match event:
+            case ConnectionIdle(conn):
+                return self._on_idle(conn)
+            case BytesReceived(rid, n):
+                self._on_bytes(rid, n)
+                return []
+            case PieceDone(rid, piece):
+                return self._on_piece_done(rid, piece)
+            case PieceBad(rid, piece):
+                req = self.requests.get(rid)
+                if req is None:
+                    return []
+                return self._drop(req.source, f"sent a bad piece (#{piece})")
+            case RequestEnded(rid, fault):
+                return self._on_request_ended(rid, fault)
+            case RangesIgnored(rid):
+                return self._on_ranges_ignored(rid)
+            case Tick():
+                return self._on_tick()
+        raise TypeError(f"unknown event {event!r}")
+
+    def request_end(self, request: int) -> int:
+        """Where `request` must stop now (it may have been truncated)."""
+        req = self.requests.get(request)
+        return req.end if req else 0
+
+    def is_done(self, piece: int) -> bool:
+        return bool(self.done[piece])
+
+    def stats(self, source: int) -> SourceStats:
+        s = self.sources[source]
+        return SourceStats(s.bytes, s.pieces, s.failures, s.dropped, len(s.conns))
+
+    def source_rate(self, source: int) -> float:
+        now = self.clock()
+        return sum(self.conns[c].meter.value(now) for c in self.sources[source].conns)
+
+    # ---- events ---------------------------------------------------------
+
+    def _on_idle(self, cid: int) -> list[Action]:
+        conn = self.conns.get(cid)
+        if conn is None:
+            return [CloseConnection(cid)]
+        src = self.sources[conn.source]
+        if src.dropped or len(src.conns) > src.target:
+            return self._close(conn)
+        if conn.request is not None:  # the shell lost track; treat as ended
+            return self._on_request_ended(conn.request, None) + [Wait(cid)]
+        now = self.clock()
+        if src.blocked_until > now:
+            return [Wait(cid)]
+        span = self._claim(conn, now)
+        if span is not None:
+            return [self._fetch(conn, *span, buffered=False)]
+        return self._steal(conn, now)
+
+    def _on_bytes(self, rid: int, n: int) -> None:
+        req = self.requests.get(rid)
+        if req is None:
+            return
+        now = self.clock()
+        req.got += n
+        req.got_in_cursor += n
+        req.last_byte = now
+        self.conns[req.conn].meter.add(n, now)
+        self.sources[req.source].bytes += n
+
+    def _on_piece_done(self, rid: int, piece: int) -> list[Action]:
+        req = self.requests.get(rid)
+        out: list[Action] = []
+        if req is not None:
+            req.cursor = piece + 1
+            req.got_in_cursor = 0
+            src = self.sources[req.source]
+            src.in_a_row = 0
+        if self.done[piece]:
+            return out
+        self.done[piece] = 1
+        self.left -= 1
+        if req is not None:
+            self.sources[req.source].pieces += 1
+        # The first verified copy wins: cancel the others' work on this piece.
+        rivals = set(self.dups.pop(piece, ()))
+        if self.owner[piece] not in (NO_OWNER, rid):
+            rivals.add(self.owner[piece])
+        self.owner[piece] = NO_OWNER
+        for other in rivals - {rid}:
+            r = self.requests.get(other)
+            if r is None:
+                continue
+            if r.buffered or r.end <= piece + 1:
+                out += self._end_request(r, Cancel(r.id, f"piece {piece} arrived elsewhere first"))
+            else:
+                # A streaming owner skips the finished piece and carries on.
+                r.cursor, r.got_in_cursor = max(r.cursor, piece + 1), 0
+        if self.left == 0:
+            self.finished = True
+            out += [Cancel(r.id, "download complete") for r in list(self.requests.values())
+                    if r.id != rid]
+            out.append(Finished())
+        return out
+
+    def _on_request_ended(self, rid: int, fault: Fault | None) -> list[Action]:
+        req = self.requests.get(rid)
+        if req is None:
+            return []
+        src = self.sources[req.source]
+        out = self._end_request(req, None)
+        if fault is None:
+            return out
+        src.failures += 1
+        src.in_a_row += 1
+        if fault.kind is FaultKind.FATAL or src.in_a_row >= self.cfg.max_failures:
+            return out + self._drop(src.id, fault.message)
+        delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (src.in_a_row - 1))
+        src.blocked_until = self.clock() + delay * self.rng.uniform(0.5, 1.5)
+        return out
+
+    def _on_ranges_ignored(self, rid: int) -> list[Action]:
+        req = self.requests.get(rid)
+        if req is None:
+            return []
+        src = self.sources[req.source]
+        others = [s for s in self.sources if s is not src and not s.dropped and s.ranges]
+        if others:
+            return self._drop(src.id, "ignores byte ranges")
+        # The only source: one connection streaming the whole file from byte 0.
+        src.ranges = False
+        src.max_connections = src.target = 1
+        out: list[Action] = []
+        for r in list(self.requests.values()):
+            if r.source == src.id:
+                out += self._end_request(r, Cancel(r.id, "source ignores ranges"))
+        return out
+
+    def _on_tick(self) -> list[Action]:
+        now = self.clock()
+        out: list[Action] = []
+        for req in list(self.requests.values()):
+            heard = req.last_byte is not None
+            quiet_since = req.last_byte if req.last_byte is not None else req.started
+            limit = self.cfg.stall_timeout if heard else self.cfg.first_byte_timeout
+            if now - quiet_since > limit:
+                what = "stalled" if heard else "sent no first byte"
+                out.append(Cancel(req.id, f"{what} for {limit:g}s"))
+                out += self._on_request_ended(
+                    req.id, Fault(FaultKind.TRANSIENT, f"{what} for {limit:g}s")
+                )
+        for src in self.sources:
+            if not src.dropped:
+                out += self._adapt(src, now)
+        if not self.finished and all(s.dropped for s in self.sources):
+            self.failed = "no source left: " + "; ".join(
+                f"source {s.id} {s.dropped}" for s in self.sources
+            )
+            out.append(Failed(self.failed))
+        return out
+
+    # ---- policy ---------------------------------------------------------
+
+    def _claim(self, conn: _Conn, now: float) -> tuple[int, int] | None:
+        """The next unclaimed run of pieces for `conn`, sized to its rate."""
+        src = self.sources[conn.source]
+        while self._low < self.pieces and (self.done[self._low] or self.owner[self._low] != NO_OWNER):
+            self._low += 1
+        if self._low >= self.pieces:
+            return None
+        first = self._low
+        if not src.ranges:
+            return first, self.pieces  # a source without ranges streams everything left
+        rate = self._conn_rate(conn, now)
+        want = rate * self.cfg.request_seconds
+        # Never more than this connection's share of what is left, so the tail is short.
+        unclaimed = self._unclaimed_bytes()
+        total = sum(self._conn_rate(c, now) for c in self.conns.values()) or rate
+        want = min(want, unclaimed * rate / total if total > 0 else want)
+        want = min(want, self.cfg.max_request_bytes)
+        count = max(1, int(want // self.piece_size))
+        if conn.meter.samples == 0 and conn.last_count:
+            # Slow start: until a full window is measured, each request may double the last.
+            cap = max(1, int(min(unclaimed * 0.5, self.cfg.max_request_bytes) // self.piece_size))
+            count = max(count, min(2 * conn.last_count, cap))
+        conn.last_count = count
+        end = first
+        while end < self.pieces and end - first < count and not self.done[end] \
+                and self.owner[end] == NO_OWNER:
+            end += 1
+        return first, end
+
+    def _steal(self, conn: _Conn, now: float) -> list[Action]:
+        """Nothing unclaimed: split the slowest request or duplicate its piece."""
+        my_rate = self._conn_rate(conn, now)
+        if my_rate <= 0:
+            return [Wait(conn.id)]
+        victim, victim_left = None, 0.0
+        for req in self.requests.values():
+            if req.buffered or req.source == conn.source and not self.sources[req.source].ranges:
+                continue
+            left = self._time_left(req, now)
+            if left > victim_left:
+                victim, victim_left = req, left
+        if victim is None:
+            return [Wait(conn.id)]
+        v_rate = self._conn_rate(self.conns[victim.conn], now)
+        latency = self.cfg.latency_guess
+        # Split: pieces the victim has not started, shared so both end together.
+        spare = victim.end - (victim.cursor + 1)
+        if spare >= 1:
+            share = my_rate / (my_rate + v_rate) if v_rate > 0 else 1.0
+            take = int(spare * share)
+            if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
+                cut = victim.end - take
+                victim.end = cut
+                for p in range(cut, cut + take):
+                    self.owner[p] = NO_OWNER
+                return [Truncate(victim.id, cut),
+                        self._fetch(conn, cut, cut + take, buffered=False)]
+        # Duplicate the piece the victim is working on, if we would clearly win.
+        piece = victim.cursor
+        if piece < victim.end and not self.done[piece] and not self.dups.get(piece):
+            mine = self._piece_bytes(piece) / my_rate + latency
+            if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
+                return [self._fetch(conn, piece, piece + 1, buffered=True)]
+        return [Wait(conn.id)]
+
+    def _adapt(self, src: _Source, now: float) -> list[Action]:
+        """Grow a source's connections while each new one raises its throughput."""
+        if now < src.blocked_until or not src.ranges:
+            return []
+        out = self._open_up_to_target(src)
+        if now < src.adapt_at or src.saturated or src.target >= src.max_connections:
+            return out
+        if self._unclaimed_bytes() == 0:
+            return out
+        src.adapt_at = now + self.cfg.adapt_interval
+        rate = self.source_rate(src.id)
+        if src.rate_before_add and rate < src.rate_before_add * self.cfg.adapt_gain:
+            src.saturated = True  # the last connection bought nothing: stop adding
+            return out
+        src.rate_before_add = rate
+        src.target += 1
+        return out + self._open_up_to_target(src)
+
+    # ---- helpers --------------------------------------------------------
+
+    def _fetch(self, conn: _Conn, first: int, end: int, *, buffered: bool) -> Fetch:
+        rid = self._new_id()
+        req = _Request(rid, conn.id, conn.source, first, end, buffered, self.clock(), first)
+        self.requests[rid] = req
+        conn.request = rid
+        for p in range(first, end):
+            if buffered:
+                self.dups.setdefault(p, set()).add(rid)
+            elif not self.done[p]:
+                self.owner[p] = rid
+        return Fetch(rid, conn.id, conn.source, first, end, buffered)
+
+    def _end_request(self, req: _Request, action: Action | None) -> list[Action]:
+        """Forget `req`; its unfinished pieces go back to the pool."""
+        self.requests.pop(req.id, None)
+        conn = self.conns.get(req.conn)
+        if conn is not None and conn.request == req.id:
+            conn.request = None
+        for p in range(req.cursor, req.end):
+            if self.owner[p] == req.id:
+                self.owner[p] = NO_OWNER
+                self._low = min(self._low, p)
+            dups = self.dups.get(p)
+            if dups is not None:
+                dups.discard(req.id)
+                if not dups:
+                    del self.dups[p]
+        return [action] if action else []
+
+    def _drop(self, sid: int, reason: str) -> list[Action]:
+        src = self.sources[sid]
+        if src.dropped:
+            return []
+        src.dropped = reason
+        out: list[Action] = [DropSource(sid, reason)]
+        for req in list(self.requests.values()):
+            if req.source == sid:
+                out += self._end_request(req, Cancel(req.id, f"source dropped: {reason}"))
+        for cid in list(src.conns):
+            out += self._close(self.conns[cid])
+        return out
+
+    def _close(self, conn: _Conn) -> list[Action]:
+        out: list[Action] = []
+        if conn.request is not None and conn.request in self.requests:
+            out += self._end_request(self.requests[conn.request], Cancel(conn.request, "closing"))
+        self.conns.pop(conn.id, None)
+        self.sources[conn.source].conns.discard(conn.id)
+        return out + [CloseConnection(conn.id)]
+
+    def _open_up_to_target(self, src: _Source) -> list[Action]:
+        out: list[Action] = []
+        while not src.dropped and len(src.conns) < src.target:
+            cid = self._new_id()
+            self.conns[cid] = _Conn(cid, src.id, RateMeter(self.cfg.rate_window, self.clock()))
+            src.conns.add(cid)
+            out.append(OpenConnection(cid, src.id))
+        return out
+
+    def _conn_rate(self, conn: _Conn, now: float) -> float:
+        rate = conn.meter.value(now)
+        if rate > 0:
+            return rate
+        # Not measured yet: assume the average of the source's measured connections,
+        # else one piece per request_seconds (small first requests measure quickly).
+        src = self.sources[conn.source]
+        known = [r for c in src.conns if (r := self.conns[c].meter.value(now)) > 0]
+        if known:
+            return sum(known) / len(known)
+        return self.piece_size / self.cfg.request_seconds
+
+    def _unclaimed_bytes(self) -> int:
+        n = 0
+        for p in range(self._low, self.pieces):
+            if not self.done[p] and self.owner[p] == NO_OWNER:
+                n += 1
+        return n * self.piece_size
+
+    def _piece_bytes(self, piece: int) -> int:
+        return min(self.piece_size, self.size - piece * self.piece_size)
+
+    def _time_left(self, req: _Request, now: float) -> float:
+        rate = self._conn_rate(self.conns[req.conn], now)
+        left = sum(self._piece_bytes(p) for p in range(req.cursor, req.end) if not self.done[p])
+        left -= req.got_in_cursor
+        return max(0, left) / rate if rate > 0 else float("inf")
+
+    def _piece_time_left(self, req: _Request, now: float) -> float:
+        rate = self.conns[req.conn].meter.value(now)
+        left = self._piece_bytes(req.cursor) - req.got_in_cursor
+        if rate <= 0:
+            return float("inf") if req.last_byte is not None else self.cfg.first_byte_timeout
+        return left / rate
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id

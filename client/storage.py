@@ -1,0 +1,220 @@
+"""The download on disk: ``OUT.part``, its control file ``OUT.mfetch``, and the final rename.
+
+Pieces are written in place with ``os.pwrite``, so memory stays bounded
+whatever the file size. The control file records what the bytes are (the
+content's identity and the sources' validators) and which pieces are
+verified. It is rewritten atomically (temp file, fsync, rename) and only ever
+after the data it vouches for has been flushed (``fdatasync``), so no crash
+can leave a control file claiming a piece that is not on disk.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pathlib
+from dataclasses import dataclass, field
+
+from common.errors import StorageError
+
+CONTROL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ContentKey:
+    """What the bytes of a download are, as far as we know them.
+
+    ``sha256`` and ``root`` are hex, empty when unknown. ``validators`` maps a
+    source URL to its strong ETag or Last-Modified.
+    """
+
+    size: int
+    piece_size: int
+    sha256: str = ""
+    root: str = ""
+    validators: dict[str, str] = field(default_factory=dict)
+
+    def same_content(self, other: ContentKey) -> bool:
+        """Whether a download of `other` may continue as one of this content."""
+        if (self.size, self.piece_size) != (other.size, other.piece_size):
+            return False
+        for mine, theirs in ((self.root, other.root), (self.sha256, other.sha256)):
+            if mine and theirs:
+                return mine == theirs
+        return any(v and other.validators.get(u) == v for u, v in self.validators.items())
+
+
+class PartFile:
+    """An in-progress download. Use :meth:`open`, then write, checkpoint, :meth:`finish`."""
+
+    def __init__(self, out: pathlib.Path) -> None:
+        self.out = out
+        self.part = out.with_name(out.name + ".part")
+        self.control = out.with_name(out.name + ".mfetch")
+        self.fd = -1
+        self.key: ContentKey | None = None
+        self.pieces = 0
+        self.done = bytearray()
+        self.flushed: bytes = b""
+
+    def open(self, key: ContentKey, pieces: int) -> tuple[set[int], str]:
+        """Open or create the part file for `key`.
+
+        Returns the pieces already verified by an earlier run and a note for
+        the user ("" when nothing to say). A control file for different
+        content means the remote changed: the old bytes are discarded.
+        Raises StorageError if the folder is not writable.
+        """
+        self.key, self.pieces = key, pieces
+        self.done = bytearray(pieces)
+        note = ""
+        old = self._read_control()
+        if old is not None and self.part.exists():
+            old_key, old_done = old
+            if key.same_content(old_key) and len(old_done) == pieces:
+                self.done[:] = old_done
+                count = sum(self.done)
+                note = f"resuming: {count} of {pieces} pieces already verified" if count else ""
+            else:
+                note = "the remote content changed since the last attempt; starting over"
+                self._unlink(self.part)
+        elif self.part.exists():
+            note = "found a partial file with no control file; starting over"
+            self._unlink(self.part)
+        try:
+            self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+            os.ftruncate(self.fd, key.size)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
+        self.flushed = bytes(self.done)
+        self._write_control(self.flushed)
+        return {i for i, d in enumerate(self.done) if d}, note
+
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+        """Write `data` at `offset`. Raises StorageError (e.g. the disk is full)."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as e:
+                raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
+            view, offset = view[n:], offset + n
+
+    def pread(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def mark_done(self, piece: int) -> None:
+        """Record a verified piece; it is vouched for at the next checkpoint."""
+        self.done[piece] = 1
+
+    def snapshot(self) -> bytes | None:
+        """The verified set to checkpoint, or None if nothing changed since the last one."""
+        snap = bytes(self.done)
+        return None if snap == self.flushed else snap
+
+    def checkpoint(self, snap: bytes) -> None:
+        """Flush the data, then vouch for the pieces in `snap` (blocking: run in a thread).
+
+        `snap` must have been taken before the flush began, so every piece it
+        names was written before the flush.
+        """
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise StorageError(f"cannot flush {self.part}: {e.strerror}") from None
+        self._write_control(snap)
+        self.flushed = snap
+
+    def finish(self) -> pathlib.Path:
+        """Flush, rename OUT.part to OUT atomically, drop the control file."""
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.part, self.out)
+            _fsync_dir(self.out.parent)
+        except OSError as e:
+            raise StorageError(f"cannot finish {self.out}: {e.strerror}") from None
+        self._unlink(self.control)
+        return self.out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        """Remove the partial download and its control file (used when starting over)."""
+        self.close()
+        self._unlink(self.part)
+        self._unlink(self.control)
+
+    # ---- control file ---------------------------------------------------
+
+    def _write_control(self, done: bytes) -> None:
+        assert self.key is not None
+        doc = {
+            "version": CONTROL_VERSION,
+            "size": self.key.size,
+            "piece_size": self.key.piece_size,
+            "sha256": self.key.sha256,
+            "root": self.key.root,
+            "validators": self.key.validators,
+            "pieces": self.pieces,
+            "done": base64.b64encode(_pack(done)).decode(),
+        }
+        tmp = self.control.with_name(self.control.name + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.control)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.control}: {e.strerror}") from None
+
+    def _read_control(self) -> tuple[ContentKey, bytearray] | None:
+        try:
+            doc = json.loads(self.control.read_text())
+            if doc.get("version") != CONTROL_VERSION:
+                return None
+            key = ContentKey(int(doc["size"]), int(doc["piece_size"]), str(doc["sha256"]),
+                             str(doc["root"]), dict(doc["validators"]))
+            pieces = int(doc["pieces"])
+            done = _unpack(base64.b64decode(doc["done"]), pieces)
+            return key, done
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable or foreign: treated as absent, never trusted
+
+    @staticmethod
+    def _unlink(path: pathlib.Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"cannot remove {path}: {e.strerror}") from None
+
+
+def _pack(done: bytes) -> bytes:
+    out = bytearray((len(done) + 7) // 8)
+    for i, d in enumerate(done):
+        if d:
+            out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+def _unpack(bits: bytes, pieces: int) -> bytearray:
+    if len(bits) != (pieces + 7) // 8:
+        raise ValueError("bitfield length does not match the piece count")
+    return bytearray(1 if bits[i >> 3] & (0x80 >> (i & 7)) else 0 for i in range(pieces))
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests import procs as _procs
+
+
+class Procs:
+    """Starts real commands and kills whatever is still running at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[_procs.Proc] = []
+
+    def start(self, argv: list[str], **kw) -> _procs.Proc:
+        p = _procs.start(argv, **kw)
+        self.started.append(p)
+        return p
+
+    def tracker(self, tmp_path, *extra: str, db: str | None = None, **kw) -> _procs.Proc:
+        db = db or str(tmp_path / "tracker.db")
+        return self.start([_procs.command("tracker"), "serve", "--listen", "127.0.0.1:0",
+                           "--db", db, *extra], **kw)
+
+    def agent(self, directory, tracker: str, state_dir, *extra: str, **kw) -> _procs.Proc:
+        return self.start([_procs.command("agent"), "serve", str(directory), "--tracker", tracker,
+                           "--listen", "127.0.0.1:0", "--state-dir", str(state_dir), *extra], **kw)
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    yield p
+    for proc in p.started:
+        proc.kill()

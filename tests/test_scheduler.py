@@ -1,0 +1,140 @@
+"""The scheduler, driven directly and through the source simulator in simulated time."""
+from __future__ import annotations
+
+import pytest
+
+from client import events as ev
+from client.scheduler import Scheduler, SchedulerConfig
+from tests.sim import SimSource, simulate
+
+MB = 1_000_000
+SIZE = 200 * MB
+PIECE = 256 * 1024
+
+# name, sources, least efficiency against the ideal (bytes / sum of live useful rates)
+SCENARIOS = [
+    ("one source", [SimSource(100 * MB)], 0.93),
+    ("heterogeneous", [SimSource(25 * MB, per_conn=10 * MB), SimSource(12.5 * MB, per_conn=10 * MB),
+                       SimSource(6 * MB), SimSource(2.5 * MB)], 0.92),
+    ("fastest stalls mid-run", [SimSource(25 * MB, per_conn=10 * MB, stall_at=1.5, trickle=1000),
+                                SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)], 0.90),
+    ("fastest stalls dead silent", [SimSource(25 * MB, stall_at=1.0), SimSource(12.5 * MB),
+                                    SimSource(6 * MB)], 0.85),
+    ("a mirror dies mid-run", [SimSource(25 * MB, per_conn=10 * MB), SimSource(12.5 * MB, die_at=2.0),
+                               SimSource(6 * MB), SimSource(2.5 * MB)], 0.90),
+    ("a liar among honest sources", [SimSource(25 * MB, liar=True), SimSource(12.5 * MB),
+                                     SimSource(6 * MB)], 0.93),
+    ("high latency", [SimSource(20 * MB, latency=0.1), SimSource(20 * MB, latency=0.05)], 0.85),
+    ("sixteen mirrors", [SimSource((i + 1) * 2 * MB) for i in range(16)], 0.80),
+]
+
+
+@pytest.mark.parametrize("name,sources,least", SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_simulated_efficiency(name: str, sources: list[SimSource], least: float) -> None:
+    r = simulate(SIZE, PIECE, sources)
+    assert r.finished, r.failed
+    assert r.efficiency >= least, f"{name}: {r.time:.2f}s against ideal {r.ideal:.2f}s"
+    for src, dropped in zip(sources, r.dropped):
+        if src.liar:
+            assert "bad piece" in dropped
+
+
+def test_all_sources_dead_fails_with_reasons() -> None:
+    r = simulate(10 * MB, PIECE, [SimSource(5 * MB, die_at=0.5), SimSource(5 * MB, die_at=0.5)],
+                 limit=300)
+    assert not r.finished
+    assert "no source left" in r.failed and "refused" in r.failed
+
+
+def test_resumed_pieces_are_not_fetched_again() -> None:
+    pieces = -(-10 * MB // PIECE)
+    done = set(range(0, pieces, 2))
+    r = simulate(10 * MB, PIECE, [SimSource(10 * MB)], done=done)
+    assert r.finished
+    fetched = sum(r.bytes)
+    assert fetched <= 10 * MB - len(done) * PIECE + PIECE
+
+
+def _sched(pieces: int = 8, sources: int = 1, **cfg: float) -> tuple[Scheduler, list[float]]:
+    now = [0.0]
+    s = Scheduler(pieces, PIECE, pieces * PIECE, sources, clock=lambda: now[0],
+                  config=SchedulerConfig(**cfg))  # type: ignore[arg-type]
+    return s, now
+
+
+def _open_conns(actions: list[ev.Action]) -> list[ev.OpenConnection]:
+    return [a for a in actions if isinstance(a, ev.OpenConnection)]
+
+
+def test_first_requests_are_small_and_cover_distinct_pieces() -> None:
+    s, _ = _sched(initial_connections=2)
+    conns = _open_conns(s.start())
+    assert len(conns) == 2
+    f1 = s.handle(ev.ConnectionIdle(conns[0].conn))[0]
+    f2 = s.handle(ev.ConnectionIdle(conns[1].conn))[0]
+    assert isinstance(f1, ev.Fetch) and isinstance(f2, ev.Fetch)
+    assert (f1.first, f1.end) == (0, 1) and (f2.first, f2.end) == (1, 2)
+
+
+def test_bad_piece_drops_source_and_returns_its_work() -> None:
+    s, _ = _sched(sources=2, initial_connections=1)
+    c_liar, c_good = _open_conns(s.start())
+    bad = s.handle(ev.ConnectionIdle(c_liar.conn))[0]
+    assert isinstance(bad, ev.Fetch)
+    out = s.handle(ev.PieceBad(bad.request, bad.first))
+    assert ev.DropSource(c_liar.source, f"sent a bad piece (#{bad.first})") in out
+    assert any(isinstance(a, ev.Cancel) and a.request == bad.request for a in out)
+    good = s.handle(ev.ConnectionIdle(c_good.conn))[0]
+    assert isinstance(good, ev.Fetch) and good.first == bad.first  # the piece went back
+
+
+def test_first_verified_copy_wins_and_cancels_the_other() -> None:
+    s, now = _sched(pieces=1, sources=2, initial_connections=1)
+    slow, fast = _open_conns(s.start())
+    f_slow = s.handle(ev.ConnectionIdle(slow.conn))[0]
+    assert isinstance(f_slow, ev.Fetch)
+    now[0] = 0.1
+    s.handle(ev.BytesReceived(f_slow.request, 1000))
+    # The fast connection has proven itself on earlier work (simulated by its meter).
+    s.conns[fast.conn].meter.add(50 * MB, 0.0)
+    now[0] = 1.0
+    s.handle(ev.BytesReceived(f_slow.request, 10))
+    dup = s.handle(ev.ConnectionIdle(fast.conn))[0]
+    assert isinstance(dup, ev.Fetch) and dup.buffered and dup.first == 0
+    out = s.handle(ev.PieceDone(dup.request, 0))
+    assert ev.Cancel(f_slow.request, "piece 0 arrived elsewhere first") in out
+    assert ev.Finished() in out
+
+
+def test_stalled_request_is_cancelled_and_source_backs_off() -> None:
+    s, now = _sched(pieces=4, initial_connections=1, stall_timeout=5.0)
+    (c,) = _open_conns(s.start())
+    f = s.handle(ev.ConnectionIdle(c.conn))[0]
+    assert isinstance(f, ev.Fetch)
+    s.handle(ev.BytesReceived(f.request, 10))
+    now[0] = 6.0
+    out = s.handle(ev.Tick())
+    assert any(isinstance(a, ev.Cancel) and a.request == f.request for a in out)
+    assert s.stats(0).failures == 1
+    assert s.handle(ev.ConnectionIdle(c.conn)) == [ev.Wait(c.conn)]  # backing off
+
+
+def test_fatal_fault_drops_source_at_once() -> None:
+    s, _ = _sched(initial_connections=1)
+    (c,) = _open_conns(s.start())
+    f = s.handle(ev.ConnectionIdle(c.conn))[0]
+    assert isinstance(f, ev.Fetch)
+    out = s.handle(ev.RequestEnded(f.request, ev.Fault(ev.FaultKind.FATAL, "answered 404")))
+    assert ev.DropSource(0, "answered 404") in out
+    assert any(isinstance(a, ev.Failed) for a in s.handle(ev.Tick()))
+
+
+def test_ranges_ignored_by_the_only_source_streams_everything() -> None:
+    s, _ = _sched(initial_connections=2)
+    conns = _open_conns(s.start())
+    f = s.handle(ev.ConnectionIdle(conns[0].conn))[0]
+    assert isinstance(f, ev.Fetch)
+    s.handle(ev.RangesIgnored(f.request))
+    actions = s.handle(ev.ConnectionIdle(conns[0].conn)) + s.handle(ev.ConnectionIdle(conns[1].conn))
+    fetches = [a for a in actions if isinstance(a, ev.Fetch)]
+    assert len(fetches) == 1 and (fetches[0].first, fetches[0].end) == (0, 8)
