@@ -1,0 +1,66 @@
+# mfetch developer tasks. Everything runs from the project's own .venv, which
+# `make install` creates on a fresh clone (Python >= 3.11 needed on PATH).
+#
+#   make demo        tracker + 3 agents on 127.0.0.1, fetch one file from all of them
+#   make test        the whole test suite
+#   make lint        ruff + mypy on the packages
+#   make bench       benchmark over shaped links (root: network namespaces)
+#   make proto       regenerate common/api/ from proto/
+#   make clean       remove .venv, demo-run/ and caches
+
+SHELL := /bin/bash
+
+VENV     := .venv
+VPY      := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+PACKAGES := common tracker agent client
+
+# The interpreter that creates the venv: $(PYTHON) if given, else the first of
+# python3.11, python3 that is >= 3.11 (empty if none is).
+PYTHON ?= $(shell for p in python3.11 python3; do \
+	if command -v $$p >/dev/null 2>&1 && \
+	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
+	  command -v $$p; break; fi; done)
+
+.PHONY: all venv install demo test bench bench-quick proto lint clean
+
+all: install
+
+venv install: $(STAMP)
+
+# Rebuilt only when pyproject.toml changes (or the venv is gone).
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "error: mfetch needs Python >= 3.11: neither python3.11 nor python3 on PATH is." >&2; \
+	  echo "       Install one, or run: make PYTHON=/path/to/python3.11 install" >&2; \
+	  exit 1; fi
+	@if [ ! -x $(VPY) ]; then \
+	  echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) -V 2>&1))"; \
+	  $(PYTHON) -m venv $(VENV); fi
+	@echo "installing mfetch and its test tools into $(VENV) (pip log: $(VENV)/pip.log)"
+	@$(VPY) -m pip install --disable-pip-version-check -e '.[test]' >$(VENV)/pip.log 2>&1 || \
+	  { tail -n 40 $(VENV)/pip.log >&2; echo "error: pip install failed (see $(VENV)/pip.log)" >&2; exit 1; }
+	@touch $@
+
+demo: $(STAMP)
+	$(VPY) scripts/demo.py $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+bench: $(STAMP)
+	$(VPY) bench/run.py
+
+bench-quick: $(STAMP)
+	$(VPY) bench/run.py --quick
+
+proto: $(STAMP)
+	$(VPY) scripts/genproto.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(PACKAGES)
+	$(VENV)/bin/mypy $(PACKAGES)
+
+clean:
+	rm -rf $(VENV) demo-run build .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
