@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from common.config import parse_hostport
-from common.errors import ConfigError, StorageError
-from common.tracker_client import TrackerClient
-
 from agent.config import AgentConfig
 from agent.hashcache import HashCache
 from agent.inventory import Inventory
 from agent.reporter import Reporter, TrackerApi
 from agent.server import make_app
+from common.config import parse_hostport
+from common.errors import ConfigError, StorageError
+from common.tracker_client import TrackerClient
 
 log = logging.getLogger("agent")
 

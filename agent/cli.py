@@ -12,12 +12,12 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import NoReturn, Sequence
-
-from common.errors import MfetchError
+from collections.abc import Sequence
+from typing import NoReturn
 
 from agent import config as agent_config
 from agent.app import start
+from common.errors import MfetchError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,9 +17,9 @@ import multiprocessing
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
 
 from common.errors import StorageError
 from common.identity import Identity, hash_file

@@ -17,8 +17,8 @@ import asyncio
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from agent.hashcache import FileEntry, HashCache, StatKey, now_ns
 

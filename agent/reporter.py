@@ -19,15 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Mapping
-from typing import Callable, Protocol
-
-from common.errors import NotFoundError, TrackerError
-from common.identity import Identity
-from common.tracker_client import Lease
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from agent.hashcache import FileEntry
 from agent.inventory import Changes
+from common.errors import NotFoundError, TrackerError
+from common.identity import Identity
+from common.tracker_client import Lease
 
 log = logging.getLogger("agent.reporter")
 
@@ -135,5 +134,5 @@ class Reporter:
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_beat - loop.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -31,11 +31,10 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from common import agent_api
-from common.http_ranges import content_range, parse_range
-
 from agent.hashcache import StatKey
 from agent.inventory import Inventory, inside, is_shareable_name
+from common import agent_api
+from common.http_ranges import content_range, parse_range
 
 CHUNK = 256 * 1024
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")

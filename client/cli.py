@@ -20,12 +20,12 @@ import time
 
 import aiohttp
 
-from common.errors import ConfigError, MfetchError, StorageError
-from common.tracker_client import TrackerClient
 from client import config as client_config
 from client.fetcher import Fetcher, Result, content_key
 from client.plan import Plan, parse_sha256, plan_from_tracker, plan_from_urls
 from client.storage import PartFile
+from common.errors import ConfigError, MfetchError, StorageError
+from common.tracker_client import TrackerClient
 
 log = logging.getLogger("mfetch")
 

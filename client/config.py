@@ -5,8 +5,8 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from common.config import build, env_layer, load_yaml
 from client.scheduler import SchedulerConfig
+from common.config import build, env_layer, load_yaml
 
 
 @dataclass(frozen=True)

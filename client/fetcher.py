@@ -19,13 +19,19 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from common.errors import IntegrityError, MfetchError, SourceError
 from client import events as ev
-from client.http import BASE_HEADERS, TRANSIENT_ERRORS, check_range_response, describe, \
-    status_fault, validator_of
+from client.http import (
+    BASE_HEADERS,
+    TRANSIENT_ERRORS,
+    check_range_response,
+    describe,
+    status_fault,
+    validator_of,
+)
 from client.plan import Plan
 from client.scheduler import Scheduler, SchedulerConfig
 from client.storage import ContentKey, PartFile
+from common.errors import IntegrityError, MfetchError, SourceError
 
 log = logging.getLogger("mfetch")
 
@@ -195,7 +201,7 @@ class Fetcher:
             if digest:
                 digest.cancel()
             raise SourceError(failure)
-        if digest is None:
+        if digest is None or self.plan.sha256 is None:
             return ""
         self.pieces_changed.set()
         sha = await digest
@@ -249,7 +255,7 @@ class Fetcher:
                 self.changed.clear()
                 try:
                     await asyncio.wait_for(self.changed.wait(), 0.25)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             else:
                 self.workers.pop(conn, None)
@@ -364,7 +370,7 @@ class Fetcher:
             for s, st in ((s, self.sched.stats(i)) for i, s in enumerate(self.sources)))
 
 
-def _hash_range(store: PartFile, h: "hashlib._Hash", start: int, end: int) -> None:
+def _hash_range(store: PartFile, h: hashlib._Hash, start: int, end: int) -> None:
     block = 4 * 1024 * 1024
     while start < end:
         data = store.pread(start, min(block, end - start))

@@ -6,13 +6,14 @@ aiohttp errors are translated here, in one place, into :class:`client.events.Fau
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 
+from client.events import Fault, FaultKind
 from common.errors import ProtocolError, SourceError
 from common.http_ranges import parse_content_range
-from client.events import Fault, FaultKind
 
 # Errors that mean "try again later", not "this source is wrong".
 TRANSIENT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
@@ -30,12 +31,12 @@ class Probe:
     ranges: bool  # answered a range request with 206
 
 
-def validator_of(headers: "aiohttp.typedefs.LooseHeaders") -> str:
+def validator_of(headers: Mapping[str, str]) -> str:
     """The strong ETag of a response, else its Last-Modified (RFC 9110 §13.1.4)."""
-    etag = headers.get("ETag", "")  # type: ignore[union-attr]
+    etag = headers.get("ETag", "")
     if etag and not etag.startswith("W/"):
         return etag
-    return headers.get("Last-Modified", "")  # type: ignore[union-attr]
+    return headers.get("Last-Modified", "")
 
 
 async def probe(session: aiohttp.ClientSession, url: str) -> Probe:

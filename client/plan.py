@@ -14,10 +14,10 @@ from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
+from client.http import BASE_HEADERS, TRANSIENT_ERRORS, Probe, describe, probe
 from common.errors import ConfigError, IntegrityError, NotFoundError, SourceError
 from common.identity import Identity, piece_size_for
 from common.tracker_client import Candidate, SourceKind, TrackerClient
-from client.http import BASE_HEADERS, TRANSIENT_ERRORS, Probe, describe, probe
 
 
 @dataclass(frozen=True, slots=True)

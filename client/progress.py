@@ -34,7 +34,7 @@ class Progress:
         self.live = Live(console=self.console, refresh_per_second=4, transient=True)
         self.last = 0.0
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Progress:  # noqa: PYI034
         self.live.__enter__()
         return self
 

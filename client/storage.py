@@ -90,7 +90,7 @@ class PartFile:
         self._write_control(self.flushed)
         return {i for i, d in enumerate(self.done) if d}, note
 
-    def pwrite(self, offset: int, data: bytes | memoryview) -> None:
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at `offset`. Raises StorageError (e.g. the disk is full)."""
         view = memoryview(data)
         while view:

@@ -12,7 +12,8 @@ import os
 import pathlib
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import yaml
 

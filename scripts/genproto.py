@@ -30,7 +30,7 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
         for src in sorted(pathlib.Path(tmp).rglob("*.py*")):
             text = src.read_text()
             text = re.sub(r"^from mfetch\.v1 import (\w+)", r"from common.api import \1",
-                          text, flags=re.M)
+                          text, flags=re.MULTILINE)
             dst = out / src.name
             dst.write_text(text)
             written.append(dst)

@@ -5,7 +5,6 @@ import asyncio
 import hashlib
 import os
 import signal
-
 import urllib.request
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from common.errors import NotFoundError
 from common.tracker_client import TrackerClient
 from tests import procs as procmod
-from tests.agent_helpers import eventually, write
+from tests.agent_helpers import write
 
 AGENT = procmod.command("agent")
 
