@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve DIR read-only over HTTP byte ranges and announce "
                                    "its files to the tracker. Settings: defaults < --config "
                                    "YAML < AGENT_* environment < flags.")
-    s.add_argument("dir", metavar="DIR", help="directory to serve (read-only)")
+    s.add_argument("dir", metavar="DIR", nargs="?",
+                   help="directory to serve (read-only; or `dir:` in the config file)")
     s.add_argument("--tracker", metavar="HOST:PORT",
                    help=f"tracker gRPC address (default {agent_config.DEFAULT_TRACKER})")
     s.add_argument("--listen", metavar="HOST:PORT",

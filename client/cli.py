@@ -25,7 +25,6 @@ from client.fetcher import Fetcher, Result, content_key
 from client.plan import Plan, parse_sha256, plan_from_tracker, plan_from_urls
 from client.storage import PartFile
 from common.errors import ConfigError, MfetchError, StorageError
-from common.tracker_client import TrackerClient
 
 log = logging.getLogger("mfetch")
 
@@ -105,6 +104,8 @@ async def _main(args: argparse.Namespace) -> int:
             if urls:
                 plan = await plan_from_urls(session, urls, sha256)
             else:
+                from common.tracker_client import TrackerClient  # grpc: only for a NAME
+
                 async with TrackerClient(cfg.tracker) as tracker:
                     plan = await plan_from_tracker(session, tracker, args.targets[0], sha256)
             out = output_path(args.output, plan, args.force)

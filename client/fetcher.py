@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,7 +214,11 @@ class Fetcher:
 
     def emit(self, event: ev.Event) -> None:
         """Feed an event to the scheduler and carry out what it answers."""
-        self._execute(self.sched.handle(event))
+        actions = self.sched.handle(event)
+        if actions:
+            self._execute(actions)
+        if not isinstance(event, ev.BytesReceived):
+            self.changed.set()  # a waiting connection may find work now
 
     def _execute(self, actions: list[ev.Action]) -> None:
         for a in actions:
@@ -236,7 +241,6 @@ class Fetcher:
                         self.outcome.set_result(self._failure_text())
                 case ev.Fetch() | ev.Wait() | ev.CloseConnection() | ev.Truncate():
                     pass  # handled by the worker that asked, or read through request_end
-        self.changed.set()
 
     async def _worker(self, conn: int, source: int) -> None:
         while True:
@@ -245,6 +249,8 @@ class Fetcher:
                          and isinstance(a, (ev.Fetch, ev.Wait, ev.CloseConnection))), None)
             self._execute([a for a in actions if a is not mine])
             if isinstance(mine, ev.Fetch):
+                log.debug("%.3f conn %d fetches pieces %d-%d%s", time.monotonic() - self.started,
+                          conn, mine.first, mine.end - 1, " (duplicate)" if mine.buffered else "")
                 task = asyncio.create_task(self._request(mine))
                 self.running[mine.request] = task
                 await asyncio.wait([task])
@@ -299,12 +305,17 @@ class Fetcher:
                     return ev.Fault(ev.FaultKind.FATAL,
                                     f"now says the file has {resp.content_length} bytes")
                 sink = PieceSink(self, f, skip=0 if ranged else start)
-                while True:
-                    chunk = await resp.content.readany()
-                    if not chunk:
-                        break
-                    if not sink.feed(chunk):
-                        break
+                lowat = _LowWater(resp)
+                try:
+                    while True:
+                        lowat.update()
+                        chunk = await resp.content.readany()
+                        if not chunk:
+                            break
+                        if not sink.feed(chunk):
+                            break
+                finally:
+                    lowat.reset()
                 if not sink.complete:
                     return ev.Fault(ev.FaultKind.TRANSIENT, "the response ended early")
                 return None
@@ -368,6 +379,47 @@ class Fetcher:
         return tuple(
             SourceReport(s.url, s.kind, st.bytes, st.pieces, st.failures, st.dropped)
             for s, st in ((s, self.sched.stats(i)) for i, s in enumerate(self.sources)))
+
+
+class _LowWater:
+    """Wake up for a response body only when a good amount of it has arrived.
+
+    Over a slow or shaped link the kernel would report the socket readable for
+    every few kilobytes, and each wake-up costs far more in Python than the
+    bytes it carries. SO_RCVLOWAT makes epoll wait for LOWAT bytes; it is kept at
+    most what is left of this response, so the tail can never get stuck below
+    the mark, and reset to 1 before the connection goes back to the pool.
+    """
+
+    LOWAT = 256 * 1024
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.content = resp.content
+        self.length = resp.content_length
+        self.sock = None
+        self.current = 1
+        transport = resp.connection.transport if resp.connection else None
+        if self.length is not None and transport is not None:
+            self.sock = transport.get_extra_info("socket")
+
+    def update(self) -> None:
+        if self.sock is None or self.length is None:
+            return
+        left = self.length - self.content.total_bytes
+        want = max(1, min(self.LOWAT, left))
+        if want != self.current:
+            self._set(want)
+
+    def reset(self) -> None:
+        if self.sock is not None and self.current != 1:
+            self._set(1)
+
+    def _set(self, value: int) -> None:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+            self.current = value
+        except OSError:
+            self.sock = None  # not supported here: wake up for every chunk
 
 
 def _hash_range(store: PartFile, h: hashlib._Hash, start: int, end: int) -> None:

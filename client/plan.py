@@ -10,14 +10,18 @@ import asyncio
 import posixpath
 import unicodedata
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from client.http import BASE_HEADERS, TRANSIENT_ERRORS, Probe, describe, probe
+
+if TYPE_CHECKING:
+    from common.tracker_client import TrackerClient
 from common.errors import ConfigError, IntegrityError, NotFoundError, SourceError
 from common.identity import Identity, piece_size_for
-from common.tracker_client import Candidate, SourceKind, TrackerClient
+from common.index import Candidate, SourceKind
 
 
 @dataclass(frozen=True, slots=True)

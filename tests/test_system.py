@@ -266,3 +266,35 @@ def test_bad_flags_and_sha(tmp_path):
     assert_one_line_error(mfetch("http://127.0.0.1:1/x", "--sha256", "abc"), "64 hex")
     assert_one_line_error(mfetch("ftp://example/x"), "http")
     assert_one_line_error(mfetch("a.iso", "b.iso"), "one NAME")
+
+
+def test_disagreeing_holders_majority_wins_and_sha256_picks(procs, tmp_path):
+    tracker = procs.tracker(tmp_path)
+    common_data = make_file(tmp_path / "src" / "a", 1 * MiB, seed=5)
+    other_data = make_file(tmp_path / "src" / "b", 1 * MiB + 7, seed=6)
+    for i, data in enumerate([common_data, common_data, other_data]):
+        d = tmp_path / f"h{i}"
+        d.mkdir()
+        (d / "tool.tar").write_bytes(data)
+        procs.agent(d, tracker.address, tmp_path / f"hs{i}", *AGENT_FLAGS)
+    wait_holders(tracker.address, "tool.tar", 2)
+
+    async def both_known() -> None:
+        async with TrackerClient(tracker.address) as t:
+            for _ in range(600):
+                if len(await t.locate(name="tool.tar")) == 2:
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError("the tracker never saw both versions")
+    asyncio.run(both_known())
+
+    r = mfetch("tool.tar", "--tracker", tracker.address, "-o", str(tmp_path / "m"), "--json")
+    s = summary(r)
+    assert (tmp_path / "m").read_bytes() == common_data
+    assert "2 versions" in r.stderr and "--sha256" in r.stderr
+    assert any("2 versions" in n for n in s["notes"])
+    minority = hashlib.sha256(other_data).hexdigest()
+    r = mfetch("tool.tar", "--tracker", tracker.address, "-o", str(tmp_path / "n"), "--sha256",
+               minority, "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "n").read_bytes() == other_data
