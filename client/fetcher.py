@@ -415,6 +415,8 @@ class _LowWater:
             self._set(1)
 
     def _set(self, value: int) -> None:
+        if self.sock is None:
+            return
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
             self.current = value
