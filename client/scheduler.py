@@ -433,7 +433,11 @@ class Scheduler:
         spare = victim.end - (victim.cursor + 1)
         if spare >= 1:
             share = my_rate / (my_rate + v_rate) if v_rate > 0 else 1.0
-            take = int(spare * share)
+            # No more than a normal request's worth: a stalled victim's range is then
+            # handed out in portions, each to whoever is idle and fastest, not all to
+            # the first thief (which may be slow itself).
+            portion = max(1, int(my_rate * self.cfg.request_seconds // self.piece_size))
+            take = min(int(spare * share), portion)
             if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
                 cut = victim.end - take
                 victim.end = cut
