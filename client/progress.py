@@ -31,7 +31,10 @@ class Progress:
     def __init__(self, name: str) -> None:
         self.name = name
         self.console = Console(stderr=True)
-        self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+        if self.console.size.height < 5:  # a terminal that reports no size
+            self.console.size = (self.console.size.width, 25)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True,
+                         vertical_overflow="visible")
         self.last = 0.0
 
     def __enter__(self) -> Progress:  # noqa: PYI034
@@ -60,5 +63,6 @@ class Progress:
             state = f"dropped: {st.dropped}" if st.dropped else f"{st.connections} conn"
             table.add_row(Text(s.url, overflow="ellipsis", no_wrap=True),
                           f"{human(rates[i])}/s", human(st.bytes), state)
-        bar = ProgressBar(total=max(plan.size, 1), completed=got)
+        bar = Table.grid(expand=True)  # a bare ProgressBar ends without a line break
+        bar.add_row(ProgressBar(total=max(plan.size, 1), completed=got))
         self.live.update(Group(head, bar, table))

@@ -106,7 +106,8 @@ class _LoopThread:
 
 
 class ThrottleProxy:
-    """A TCP proxy to 127.0.0.1:`target` that carries at most `rate` bytes/s downstream.
+    """A TCP proxy to 127.0.0.1:`target` that carries at most `rate` bytes/s downstream,
+    shared by all its connections.
 
     Stands in for a slow network link in front of a real server. `forwarded`
     counts bytes sent to clients.
@@ -115,6 +116,7 @@ class ThrottleProxy:
     def __init__(self, target: int, rate: float) -> None:
         self.target, self.rate = target, rate
         self.forwarded = 0
+        self._free_at = 0.0  # when the shared link can send again (loop time)
         self._lt = _LoopThread()
         self._server: asyncio.base_events.Server | None = None
         self.port = int(self._lt.run(self._start()))  # type: ignore[call-overload]
@@ -141,7 +143,9 @@ class ThrottleProxy:
                 cw.write(data)
                 await cw.drain()
                 self.forwarded += len(data)
-                await asyncio.sleep(len(data) / self.rate)
+                now = asyncio.get_running_loop().time()
+                self._free_at = max(now, self._free_at) + len(data) / self.rate
+                await asyncio.sleep(self._free_at - now)
             cw.close()
 
         tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]

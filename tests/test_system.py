@@ -298,3 +298,70 @@ def test_disagreeing_holders_majority_wins_and_sha256_picks(procs, tmp_path):
                minority, "-q")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "n").read_bytes() == other_data
+
+
+def test_sigkilled_fetch_resumes_without_refetching(tmp_path):
+    data = make_file(tmp_path / "www" / "r.bin", 12 * MiB, seed=7)
+    with nginx(tmp_path / "www") as base:
+        proxy = ThrottleProxy(int(base.rsplit(":", 1)[1]), rate=2 * MiB)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}/r.bin"
+            out = tmp_path / "out"
+            argv = [_procs.command("mfetch"), url, "-o", str(out), "--json",
+                    "--sha256", hashlib.sha256(data).hexdigest()]
+            first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            control = tmp_path / "out.mfetch"
+            # Wait until the control file vouches for something, then kill without warning.
+            while time.monotonic() < deadline and proxy.forwarded < 5 * MiB:
+                time.sleep(0.05)
+            time.sleep(1.5)  # past a checkpoint
+            first.kill()
+            first.wait()
+            assert control.exists() and (tmp_path / "out.part").exists()
+            before = proxy.forwarded
+            r = _procs.run(argv, timeout=120)
+            s = summary(r)
+            assert "resuming" in r.stderr
+            assert out.read_bytes() == data
+            refetched = proxy.forwarded - before
+            # The second run fetched only what was not verified (plus what was in flight).
+            assert refetched < len(data) - 3 * MiB, (before, refetched)
+            assert s["sources"][0]["bytes"] <= refetched  # the proxy also carried headers
+            assert not control.exists()
+        finally:
+            proxy.close()
+
+
+def test_progress_display_on_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    data = make_file(tmp_path / "www" / "p.bin", 3 * MiB, seed=8)
+    with nginx(tmp_path / "www") as base:
+        proxy = ThrottleProxy(int(base.rsplit(":", 1)[1]), rate=1 * MiB)
+        try:
+            leader, follower = pty.openpty()
+            fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+            p = subprocess.Popen([_procs.command("mfetch"), f"http://127.0.0.1:{proxy.port}/p.bin",
+                                  "-o", str(tmp_path / "o")], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=follower)
+            os.close(follower)
+            seen = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            assert p.wait(60) == 0
+            os.close(leader)
+        finally:
+            proxy.close()
+    text = seen.decode(errors="replace")
+    assert "ETA" in text and "MiB/s" in text and "127.0.0.1" in text
+    assert (tmp_path / "o").read_bytes() == data
