@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import time
 import pytest
 from aiohttp import web
 
+from common.errors import MfetchError
 from common.tracker_client import TrackerClient
 from tests import procs as _procs
 from tests.servers import AppServer, ThrottleProxy, free_port, nginx
@@ -41,12 +43,10 @@ def wait_holders(tracker: str, name: str, holders: int, timeout: float = 60.0) -
         deadline = time.monotonic() + timeout
         async with TrackerClient(tracker) as t:
             while time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(MfetchError):  # not announced yet
                     found = await t.locate(name=name)
                     if found and found[0].live_holders >= holders:
                         return
-                except Exception:
-                    pass
                 await asyncio.sleep(0.1)
         raise AssertionError(f"{name} never reached {holders} holders on the tracker")
     asyncio.run(poll())
@@ -86,7 +86,7 @@ def swarm(procs, tmp_path):
 
 
 def test_fetch_by_name_from_three_agents(swarm, tmp_path):
-    tracker, agents, data = swarm
+    tracker, _agents, data = swarm
     out = tmp_path / "out.bin"
     s = summary(mfetch("of.tar.gz", "--tracker", tracker.address, "-o", str(out), "--json"))
     assert out.read_bytes() == data
