@@ -31,6 +31,9 @@ Cases
   sixteen   16 mirrors at 100/50/25/10 Mbit/s (x4)
   loopback  one unshaped source on loopback: raw speed and CPU; `curl -o` is
             the reference
+  memory-1g, memory-4g
+            one loopback source, mfetch with 32 connections (mfetch-32) and
+            aria2c tuned: peak RSS must stay flat as the file grows 1 -> 4 GiB
 
 Measurements per tool and case
   wall      seconds from spawn to exit (monotonic clock)
@@ -363,6 +366,10 @@ def tool_table(mfetch_bin: str) -> dict[str, Tool]:
     return {
         "mfetch": Tool("mfetch", lambda urls, out: [mfetch_bin, *urls, "-o", str(out),
                                                     "--quiet", "--json"], mfetch_bin),
+        # Memory under many connections: 32 to one source from the start.
+        "mfetch-32": Tool("mfetch-32", lambda urls, out: [
+            mfetch_bin, *urls, "-o", str(out), "--quiet", "--json",
+            "--connections", "32", "--max-connections", "32"], mfetch_bin),
         "aria2c": Tool("aria2c", lambda urls, out: aria2_common(out) + urls, "aria2c"),
         "aria2c-tuned": Tool("aria2c-tuned", aria2_tuned, "aria2c"),
         "axel": Tool("axel", lambda urls, out: ["axel", "-q", "-n", str(max(16, len(urls))),
@@ -399,6 +406,11 @@ CASES = [
          512 * MIB, 32 * MIB, MULTI),
     Case("loopback", "1 unshaped source on loopback (raw speed, CPU); curl -o is the reference",
          None, 2048 * MIB, 128 * MIB, MULTI + ["curl"]),
+    # Peak RSS must not grow with the file: the same 32 connections at 1 and 4 GiB.
+    Case("memory-1g", "1 unshaped source on loopback, 32 connections, 1 GiB (peak RSS)",
+         None, 1024 * MIB, 64 * MIB, ["mfetch-32", "aria2c-tuned"]),
+    Case("memory-4g", "1 unshaped source on loopback, 32 connections, 4 GiB (peak RSS)",
+         None, 4096 * MIB, 256 * MIB, ["mfetch-32", "aria2c-tuned"]),
 ]
 
 
