@@ -24,11 +24,11 @@ from agent.hashcache import FileEntry, HashCache, StatKey, now_ns
 
 log = logging.getLogger("agent.inventory")
 
-TEMP_SUFFIXES = (".part", ".tmp", "~")
+TEMP_SUFFIXES = (".part", ".mfetch", ".tmp", "~")  # .mfetch: a download's control file
 
 
 def is_shareable_name(name: str) -> bool:
-    """False for hidden files/dirs and temp files (an mfetch download's OUT.part)."""
+    """False for hidden files/dirs and temp files (a download's OUT.part and OUT.mfetch)."""
     return bool(name) and not name.startswith(".") and not name.endswith(TEMP_SUFFIXES)
 
 

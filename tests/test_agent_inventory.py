@@ -150,6 +150,7 @@ def test_walk_skips_temp_hidden_and_escaping_links(tree, tmp_path) -> None:
     outside = tmp_path / "outside.txt"
     write(outside, b"secret")
     write(os.path.join(tree, "dl.iso.part"), b"partial")
+    write(os.path.join(tree, "dl.iso.mfetch"), b"{}")  # its control file
     write(os.path.join(tree, ".hidden"), b"h")
     os.mkdir(os.path.join(tree, ".git"))
     write(os.path.join(tree, ".git", "x"), b"h")
