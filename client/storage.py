@@ -10,6 +10,7 @@ can leave a control file claiming a piece that is not on disk.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import pathlib
@@ -38,9 +39,10 @@ class ContentKey:
         """Whether a download of `other` may continue as one of this content."""
         if (self.size, self.piece_size) != (other.size, other.piece_size):
             return False
-        for mine, theirs in ((self.root, other.root), (self.sha256, other.sha256)):
-            if mine and theirs:
-                return mine == theirs
+        pairs = [(a, b) for a, b in ((self.root, other.root), (self.sha256, other.sha256))
+                 if a and b]
+        if pairs:  # digests both sides know must all agree
+            return all(a == b for a, b in pairs)
         return any(v and other.validators.get(u) == v for u, v in self.validators.items())
 
 
@@ -67,22 +69,31 @@ class PartFile:
         """
         self.key, self.pieces = key, pieces
         self.done = bytearray(pieces)
-        note = ""
-        old = self._read_control()
-        if old is not None and self.part.exists():
-            old_key, old_done = old
-            if key.same_content(old_key) and len(old_done) == pieces:
-                self.done[:] = old_done
-                count = sum(self.done)
-                note = f"resuming: {count} of {pieces} pieces already verified" if count else ""
-            else:
-                note = "the remote content changed since the last attempt; starting over"
-                self._unlink(self.part)
-        elif self.part.exists():
-            note = "found a partial file with no control file; starting over"
-            self._unlink(self.part)
+        had_part = self.part.exists()
         try:
             self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
+        try:
+            # Before anything is read or discarded: one mfetch per output at a time.
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise StorageError(f"another mfetch is already writing {self.part}") from None
+        note = ""
+        old = self._read_control()
+        if old is not None and had_part and key.same_content(old[0]) \
+                and len(old[1]) == pieces:
+            self.done[:] = old[1]
+            count = sum(self.done)
+            note = f"resuming: {count} of {pieces} pieces already verified" if count else ""
+        elif old is not None and had_part:
+            note = "the remote content changed since the last attempt; starting over"
+        elif had_part:
+            note = "found a partial file with no control file; starting over"
+        try:
+            if not any(self.done):
+                os.ftruncate(self.fd, 0)  # never keep bytes nothing vouches for
             os.ftruncate(self.fd, key.size)
         except OSError as e:
             raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
