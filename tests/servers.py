@@ -167,7 +167,7 @@ class AppServer:
     def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handler)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)  # stalled handlers: no wait
         self._lt = _LoopThread()
         self.port = int(self._lt.run(self._start()))  # type: ignore[call-overload]
         self.url = f"http://127.0.0.1:{self.port}"

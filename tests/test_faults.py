@@ -1,0 +1,119 @@
+"""mfetch against sources that misbehave on purpose (tests/faulty.py), beside good ones.
+
+Each test checks the final bytes, and that nothing unverified was handed over.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import subprocess
+
+from tests import procs as _procs
+from tests.faulty import FaultyServer
+from tests.test_system import make_file
+
+MiB = 1024 * 1024
+# A good mirror slow enough that a bad one's answers always arrive before the end:
+# otherwise the download can finish before the fault is even seen.
+SLOW = 4 * MiB
+
+
+def mfetch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return _procs.run([_procs.command("mfetch"), *args], timeout=timeout)
+
+
+def fetch_ok(tmp_path: pathlib.Path, *urls: str, extra: tuple[str, ...] = ()) -> dict:
+    out = tmp_path / "out"
+    r = mfetch(*urls, "-o", str(out), "--json", *extra)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def by_url(summary: dict, url: str) -> dict:
+    return next(s for s in summary["sources"] if s["url"] == url)
+
+
+def test_connection_cut_mid_body_is_retried_elsewhere(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=11)
+    with FaultyServer(data, cut_after=100_000) as bad, FaultyServer(data, trickle=SLOW) as good:
+        s = fetch_ok(tmp_path, bad.url, good.url)
+    assert (tmp_path / "out").read_bytes() == data
+    assert by_url(s, bad.url)["failures"] >= 1
+
+
+def test_connection_cut_on_the_only_source_still_completes(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=12)
+    # Every response dies after 300 KB: requests of one piece (256 KiB) get through,
+    # longer ones deliver their first piece and fail.
+    with FaultyServer(data, cut_after=300_000) as only:
+        s = fetch_ok(tmp_path, only.url, extra=("--sha256", hashlib.sha256(data).hexdigest()))
+    assert (tmp_path / "out").read_bytes() == data
+    assert s["sources"][0]["failures"] >= 1
+
+
+def test_stalled_source_is_abandoned(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=13)
+    with FaultyServer(data, stall_after=50_000) as bad, FaultyServer(data) as good:
+        s = fetch_ok(tmp_path, bad.url, good.url, extra=("--stall-timeout", "2"))
+    assert (tmp_path / "out").read_bytes() == data
+    assert by_url(s, good.url)["bytes"] >= len(data) - 2 * 50_000
+
+
+def test_trickling_source_gets_little_work(tmp_path):
+    data = make_file(tmp_path / "d", 8 * MiB, seed=14)
+    with FaultyServer(data, trickle=64 * 1024) as slow, FaultyServer(data) as fast:
+        s = fetch_ok(tmp_path, slow.url, fast.url)
+    assert (tmp_path / "out").read_bytes() == data
+    assert by_url(s, slow.url)["pieces"] <= 4  # its first small requests at most
+
+
+def test_lying_mirror_with_known_digest_is_never_handed_over(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB, seed=15)
+    out = tmp_path / "out"
+    with FaultyServer(data, lie=True) as liar:
+        r = mfetch(liar.url, "-o", str(out), "--sha256", hashlib.sha256(data).hexdigest())
+    assert r.returncode == 1 and "sha256" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_file_changed_on_the_server_is_never_spliced(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=16)
+    out = tmp_path / "out"
+    with FaultyServer(data, change_after=2) as changing:
+        r = mfetch(changing.url, "-o", str(out))
+    assert r.returncode == 1 and "changed" in r.stderr
+    assert not out.exists()
+
+
+def test_file_changed_on_one_mirror_drops_it(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=17)
+    # Replaced right after the probe: every range request it gets finds a new file.
+    with FaultyServer(data, change_after=1) as changing, \
+            FaultyServer(data, trickle=SLOW) as good:
+        s = fetch_ok(tmp_path, changing.url, good.url)
+    assert (tmp_path / "out").read_bytes() == data
+    assert "changed" in by_url(s, changing.url)["dropped_reason"]
+
+
+def test_wrong_content_range_drops_the_source(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=18)
+    with FaultyServer(data, shift_range=1) as bad, FaultyServer(data, trickle=SLOW) as good:
+        s = fetch_ok(tmp_path, bad.url, good.url)
+    assert (tmp_path / "out").read_bytes() == data
+    assert by_url(s, bad.url)["dropped"] and by_url(s, bad.url)["pieces"] == 0
+
+
+def test_more_bytes_than_asked_are_never_written(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=19)
+    with FaultyServer(data, extra=5000) as generous:
+        fetch_ok(tmp_path, generous.url)
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_compressed_range_answer_drops_the_source(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=20)
+    with FaultyServer(data, gzip=True) as zipped, FaultyServer(data, trickle=SLOW) as good:
+        s = fetch_ok(tmp_path, zipped.url, good.url)
+    assert (tmp_path / "out").read_bytes() == data
+    assert "gzip" in by_url(s, zipped.url)["dropped_reason"]
