@@ -18,10 +18,16 @@ import signal
 import sys
 import time
 
-import aiohttp
-
 from client import config as client_config
 from client.fetcher import Fetcher, Result, content_key
+from client.http import (
+    HttpClient,
+    HttpOptions,
+    origin,
+    parse_header,
+    strip_userinfo,
+    url_credentials,
+)
 from client.plan import Plan, parse_sha256, plan_from_tracker, plan_from_urls
 from client.storage import PartFile
 from common.errors import ConfigError, MfetchError, StorageError
@@ -54,7 +60,50 @@ def parser() -> argparse.ArgumentParser:
                    metavar="N", help="most connections to one source (default 6)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="seconds without a byte before a request is given up (default 8)")
+    web = p.add_argument_group("HTTP options (as in curl and wget)")
+    web.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                     help="send this header (repeatable); Authorization and Cookie headers "
+                          "go only to the hosts named on the command line")
+    web.add_argument("-A", "--user-agent", metavar="UA", help="User-Agent to send")
+    web.add_argument("-u", "--user", metavar="USER:PASSWORD",
+                     help="basic auth for the URLs given (never sent after a redirect to "
+                          "another host)")
+    web.add_argument("--netrc", action="store_true", help="take credentials from ~/.netrc")
+    web.add_argument("--netrc-file", metavar="FILE", help="take credentials from FILE")
+    web.add_argument("-b", "--cookie", metavar="FILE",
+                     help="send cookies from FILE (Netscape format, as curl -c writes)")
+    web.add_argument("-x", "--proxy", metavar="URL",
+                     help="proxy: http://, https://, socks4:// or socks5://HOST:PORT")
+    web.add_argument("--cacert", metavar="FILE", help="trust the CA certificates in FILE")
+    web.add_argument("--max-redirs", type=int, default=10, metavar="N",
+                     help="follow at most N redirects (default 10)")
     return p
+
+
+def http_options(args: argparse.Namespace, cfg: client_config.ClientConfig,
+                 urls: list[str]) -> HttpOptions:
+    """The HTTP options from flags and config; raises ConfigError on a malformed one."""
+    user = None
+    if args.user:
+        name, sep, password = args.user.partition(":")
+        if not sep:
+            raise ConfigError("--user wants USER:PASSWORD")
+        user = (name, password)
+    netrc_file = args.netrc_file or (os.path.expanduser("~/.netrc") if args.netrc else None)
+    if args.max_redirs < 0:
+        raise ConfigError("--max-redirs must be 0 or more")
+    return HttpOptions(
+        headers=tuple(parse_header(h) for h in args.header),
+        user_agent=args.user_agent or cfg.user_agent,
+        user=user,
+        netrc_file=netrc_file,
+        cookie_file=args.cookie,
+        proxy=args.proxy or cfg.proxy or None,
+        cacert=args.cacert or cfg.cacert or None,
+        max_redirects=args.max_redirs,
+        trusted=frozenset(origin(u) for u in urls),
+        url_credentials=url_credentials(urls),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,24 +143,24 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
 
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout,
-                                    sock_read=cfg.stall_timeout + 5)
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=cfg.max_connections_per_source + 1)
+    opts = http_options(args, cfg, urls)
     started = time.monotonic()
     try:
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                         auto_decompress=False) as session:
+        async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
+                              read_timeout=cfg.stall_timeout + 5,
+                              per_host=cfg.max_connections_per_source + 1) as http:
             if urls:
-                plan = await plan_from_urls(session, urls, sha256)
+                # Passwords stay in `opts`; messages and the summary show plain URLs.
+                plan = await plan_from_urls(http, [strip_userinfo(u) for u in urls], sha256)
             else:
                 from common.tracker_client import TrackerClient  # grpc: only for a NAME
 
                 async with TrackerClient(cfg.tracker) as tracker:
-                    plan = await plan_from_tracker(session, tracker, args.targets[0], sha256)
+                    plan = await plan_from_tracker(http, tracker, args.targets[0], sha256)
             out = output_path(args.output, plan, args.force)
             for note in plan.notes:
                 log.warning("%s", note)
-            result = await fetch(plan, out, cfg, session, quiet=args.quiet, started=started)
+            result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     if args.json:
@@ -141,7 +190,7 @@ def output_path(option: str | None, plan: Plan, force: bool) -> pathlib.Path:
 
 
 async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
-                session: aiohttp.ClientSession, *, quiet: bool, started: float) -> Result:
+                http: HttpClient, *, quiet: bool, started: float) -> Result:
     store = PartFile(out)
     done, note = store.open(content_key(plan), plan.pieces)
     if note:
@@ -150,7 +199,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
     if not quiet and sys.stderr.isatty():
         from client.progress import Progress
         progress = Progress(plan.name)
-    fetcher = Fetcher(plan, store, config=cfg.scheduler(), session=session, done=done,
+    fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
                       on_progress=progress)
     try:
         if progress:

@@ -18,6 +18,9 @@ class ClientConfig:
     connect_timeout: float = 5.0
     first_byte_timeout: float = 15.0
     max_failures: int = 5  # failures in a row before a source is dropped
+    user_agent: str = "mfetch/0.1"
+    proxy: str = ""  # http://, https://, socks4:// or socks5:// (environment proxies are ignored)
+    cacert: str = ""  # a CA bundle to trust besides the system's
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(

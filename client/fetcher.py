@@ -22,8 +22,8 @@ import aiohttp
 
 from client import events as ev
 from client.http import (
-    BASE_HEADERS,
     TRANSIENT_ERRORS,
+    HttpClient,
     check_range_response,
     describe,
     status_fault,
@@ -151,11 +151,11 @@ class Fetcher:
     """Runs one download to completion. Construct, then ``await run()``."""
 
     def __init__(self, plan: Plan, store: PartFile, *, config: SchedulerConfig | None = None,
-                 session: aiohttp.ClientSession, done: set[int] | None = None,
+                 http: HttpClient, done: set[int] | None = None,
                  on_progress: Callable[[Fetcher], None] | None = None) -> None:
         self.plan = plan
         self.store = store
-        self.session = session
+        self.http = http
         self.sources = [_SourceState(s.url, s.kind, s.validator) for s in plan.sources]
         self.sched = Scheduler(plan.pieces, plan.piece_size, plan.size, len(plan.sources),
                                done=done or (), config=config, clock=time.monotonic)
@@ -268,7 +268,14 @@ class Fetcher:
                 return
 
     async def _request(self, f: ev.Fetch) -> None:
-        fault = await self._fetch_range(f)
+        try:
+            fault = await self._fetch_range(f)
+        except SourceError as e:  # e.g. a redirect loop: this source is no good
+            fault = ev.Fault(ev.FaultKind.FATAL, str(e))
+        except MfetchError as e:  # the local disk: the whole download stops
+            if not self.outcome.done():
+                self.outcome.set_exception(e)
+            return
         if fault is not None:
             log.debug("request %d to %s failed: %s", f.request, self.sources[f.source].url,
                       fault.message)
@@ -279,13 +286,13 @@ class Fetcher:
         start = f.first * plan.piece_size
         end = min(f.end * plan.piece_size, plan.size)
         ranged = self.sched.sources[f.source].ranges
-        headers = dict(BASE_HEADERS)
+        headers = {}
         if ranged:
             headers["Range"] = f"bytes={start}-{end - 1}"
             if src.validator:
                 headers["If-Range"] = src.validator
         try:
-            async with self.session.get(src.url, headers=headers) as resp:
+            async with self.http.get(src.url, headers) as resp:
                 if resp.status == 200 and ranged:
                     if src.ranges_seen or (src.validator and validator_of(resp.headers)
                                            not in ("", src.validator)):
@@ -399,7 +406,9 @@ class _LowWater:
         self.sock = None
         self.current = 1
         transport = resp.connection.transport if resp.connection else None
-        if self.length is not None and transport is not None:
+        # Under TLS the socket carries records, not these bytes: leave it alone.
+        if self.length is not None and transport is not None \
+                and transport.get_extra_info("sslcontext") is None:
             self.sock = transport.get_extra_info("socket")
 
     def update(self) -> None:

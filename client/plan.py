@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
-
-from client.http import BASE_HEADERS, TRANSIENT_ERRORS, Probe, describe, probe
+from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe
 
 if TYPE_CHECKING:
     from common.tracker_client import TrackerClient
@@ -61,7 +59,7 @@ def name_from_url(url: str) -> str:
     return safe_name(unquote(urlsplit(url).path), fallback="index.html")
 
 
-async def plan_from_tracker(session: aiohttp.ClientSession, tracker: TrackerClient, name: str,
+async def plan_from_tracker(client: HttpClient, tracker: TrackerClient, name: str,
                             sha256: bytes | None) -> Plan:
     """Locate `name` (or `sha256`) and build a plan from the best candidate.
 
@@ -87,10 +85,10 @@ async def plan_from_tracker(session: aiohttp.ClientSession, tracker: TrackerClie
                      f"others: {others} (pick one with --sha256)")
     if not best.sources:
         raise NotFoundError(f"{name or sha256.hex() if sha256 else ''}: no live source holds it")
-    return await _plan_candidate(session, best, name or best.name, notes)
+    return await _plan_candidate(client, best, name or best.name, notes)
 
 
-async def _plan_candidate(session: aiohttp.ClientSession, cand: Candidate, name: str,
+async def _plan_candidate(client: HttpClient, cand: Candidate, name: str,
                           notes: list[str]) -> Plan:
     content = cand.content
     agents = [s for s in cand.sources if s.kind is SourceKind.AGENT]
@@ -100,18 +98,18 @@ async def _plan_candidate(session: aiohttp.ClientSession, cand: Candidate, name:
         piece = piece_size_for(content.size)
         return Plan(safe_name(name), content.size, piece, content.sha256, None, None, sources,
                     tuple(notes))
-    hashes = await fetch_piece_list(session, content, [s.pieces_url for s in agents])
+    hashes = await fetch_piece_list(client, content, [s.pieces_url for s in agents])
     return Plan(safe_name(name), content.size, content.piece_size, content.sha256, content.root,
                 tuple(hashes), sources, tuple(notes))
 
 
-async def fetch_piece_list(session: aiohttp.ClientSession, content: Identity,
+async def fetch_piece_list(client: HttpClient, content: Identity,
                            urls: list[str]) -> list[bytes]:
     """The piece list from the first source whose list hashes to the content's root."""
     errors = []
     for url in urls:
         try:
-            async with session.get(url, headers=BASE_HEADERS) as resp:
+            async with client.get(url) as resp:
                 if resp.status != 200:
                     errors.append(f"{url}: answered {resp.status}")
                     continue
@@ -126,13 +124,13 @@ async def fetch_piece_list(session: aiohttp.ClientSession, content: Identity,
                          + "; ".join(errors))
 
 
-async def plan_from_urls(session: aiohttp.ClientSession, urls: list[str],
+async def plan_from_urls(client: HttpClient, urls: list[str],
                          sha256: bytes | None) -> Plan:
     """Probe every URL; they must agree on the size. Unreachable ones are left out.
 
     Raises SourceError when none answers, ConfigError when they disagree on the size.
     """
-    results = await asyncio.gather(*(probe(session, u) for u in urls), return_exceptions=True)
+    results = await asyncio.gather(*(probe(client, u) for u in urls), return_exceptions=True)
     probes: list[Probe] = []
     notes = []
     failures = []

@@ -9,14 +9,22 @@ file with byte ranges, and misbehaves on purpose.
     FaultyServer(data, shift_range=D)      answer with a Content-Range D bytes off
     FaultyServer(data, extra=N)            send N bytes more than the range asked for
     FaultyServer(data, gzip=True)          gzip-encode every body despite Accept-Encoding
+    FaultyServer(data, auth=(USER, PW))    401 unless basic auth with these credentials
+    FaultyServer(data, cookie=(NAME, V))   403 unless this cookie is sent
+    FaultyServer(data, redirect_to=URL)    302 to URL for every request
+    FaultyServer(data, ssl_context=CTX)    serve HTTPS
+
+`headers_seen` keeps each request's headers.
 
 `requests` counts requests served; `sent` counts body bytes written.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip as _gzip
 import hashlib
+import ssl
 
 from aiohttp import web
 
@@ -30,14 +38,18 @@ class FaultyServer:
     def __init__(self, data: bytes, *, cut_after: int | None = None,
                  stall_after: int | None = None, trickle: float | None = None,
                  lie: bool = False, change_after: int | None = None, shift_range: int = 0,
-                 extra: int = 0, gzip: bool = False) -> None:
+                 extra: int = 0, gzip: bool = False, auth: tuple[str, str] | None = None,
+                 cookie: tuple[str, str] | None = None, redirect_to: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.data = data
         self.cut_after, self.stall_after, self.trickle = cut_after, stall_after, trickle
         self.lie, self.change_after, self.shift_range = lie, change_after, shift_range
         self.extra, self.gzip = extra, gzip
+        self.auth, self.cookie, self.redirect_to = auth, cookie, redirect_to
         self.requests = 0
         self.sent = 0
-        self.server = AppServer(self._handle)
+        self.headers_seen: list[dict[str, str]] = []
+        self.server = AppServer(self._handle, ssl_context=ssl_context)
         self.url = f"{self.server.url}/file.bin"
 
     def close(self) -> None:
@@ -57,6 +69,15 @@ class FaultyServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.headers_seen.append(dict(request.headers))
+        if self.redirect_to:
+            raise web.HTTPFound(self.redirect_to)
+        expected = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode() \
+            if self.auth else None
+        if expected and request.headers.get("Authorization") != expected:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+        if self.cookie and request.cookies.get(self.cookie[0]) != self.cookie[1]:
+            return web.Response(status=403)
         data, etag = self._current()
         headers = {"ETag": etag, "Accept-Ranges": "bytes"}
         span = None

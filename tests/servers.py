@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -164,20 +165,98 @@ class ThrottleProxy:
 class AppServer:
     """An aiohttp application on 127.0.0.1, port chosen by the OS."""
 
-    def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+    def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handler)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)  # stalled handlers: no wait
+        self._ssl = ssl_context
         self._lt = _LoopThread()
         self.port = int(self._lt.run(self._start()))  # type: ignore[call-overload]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     async def _start(self) -> int:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
         return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     def close(self) -> None:
         self._lt.run(self._runner.cleanup())
+        self._lt.stop()
+
+
+class HttpProxy:
+    """A forward HTTP proxy (absolute-URI requests), counting what it relays."""
+
+    def __init__(self) -> None:
+        self.relayed = 0
+        self.server = AppServer(self._handle)
+        self.url = self.server.url
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        import aiohttp
+
+        self.relayed += 1
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "proxy-connection", "connection")}
+        async with aiohttp.ClientSession(auto_decompress=False) as s, \
+                s.get(str(request.url), headers=headers, allow_redirects=False) as up:
+            resp = web.StreamResponse(status=up.status, headers={
+                k: v for k, v in up.headers.items()
+                if k.lower() not in ("transfer-encoding", "connection")})
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            return resp
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Socks5Proxy:
+    """A minimal SOCKS5 proxy (no auth, CONNECT only), counting its connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._lt = _LoopThread()
+        self.port = int(self._lt.run(self._start()))  # type: ignore[call-overload]
+        self.url = f"socks5://127.0.0.1:{self.port}"
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _client(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            _version, n = await r.readexactly(2)
+            await r.readexactly(n)
+            w.write(b"\x05\x00")
+            _, _cmd, _, atyp = await r.readexactly(4)
+            if atyp == 1:
+                host = socket.inet_ntoa(await r.readexactly(4))
+            elif atyp == 3:
+                host = (await r.readexactly((await r.readexactly(1))[0])).decode()
+            else:
+                raise ConnectionError("unsupported address type")
+            port = int.from_bytes(await r.readexactly(2), "big")
+            ur, uw = await asyncio.open_connection(host, port)
+            self.connections += 1
+            w.write(b"\x05\x00\x00\x01" + bytes(6))
+            await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            w.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    def close(self) -> None:
+        self._server.close()
         self._lt.stop()
