@@ -30,6 +30,7 @@ from client.http import (
     validator_of,
 )
 from client.plan import Plan
+from client.repair import UNKNOWN, repair
 from client.scheduler import Scheduler, SchedulerConfig
 from client.storage import ContentKey, PartFile
 from common.errors import IntegrityError, MfetchError, SourceError
@@ -140,6 +141,7 @@ class PieceSink:
             if self.buf is not None:
                 self.f.store.pwrite(piece * plan.piece_size, self.buf)
             self.f.store.mark_done(piece)
+            self.f.delivered_by[piece] = self.req.source
             self.f.pieces_changed.set()
         if self.buf is not None:
             self.buf = bytearray()
@@ -173,6 +175,8 @@ class Fetcher:
         self.resumed_bytes = sum(
             min(plan.piece_size, plan.size - i * plan.piece_size) for i in (done or ()))
         self.notes: list[str] = []
+        self.delivered_by = [UNKNOWN] * plan.pieces  # who sent each piece (for repair)
+        self.blamed: dict[int, str] = {}  # sources found lying after the fact
         self._flushing: asyncio.Future[None] | None = None
 
     # ---- the loop ---------------------------------------------------------
@@ -206,6 +210,17 @@ class Fetcher:
             return ""
         self.pieces_changed.set()
         sha = await digest
+        if sha != self.plan.sha256 and self.plan.piece_hashes is None and len(self.sources) > 1:
+            log.warning("the file's sha256 does not match: finding which source lied")
+            urls = [s.url for s in self.sources]
+            fixed = await repair(self.http, self.store, urls, self.plan.size,
+                                 self.plan.piece_size, self.delivered_by, self.plan.sha256)
+            liar = urls.index(fixed.liar)
+            self.blamed[liar] = f"sent wrong bytes ({fixed.pieces} pieces, found by repair)"
+            self.notes.append(f"{fixed.liar} sent wrong bytes: {fixed.pieces} pieces were "
+                              "fetched again from other sources")
+            log.warning("%s", self.notes[-1])
+            return self.plan.sha256.hex()
         if sha != self.plan.sha256:
             raise IntegrityError(
                 f"the file's sha256 is {sha.hex()}, expected {self.plan.sha256.hex()}; "
@@ -384,8 +399,10 @@ class Fetcher:
 
     def report(self) -> tuple[SourceReport, ...]:
         return tuple(
-            SourceReport(s.url, s.kind, st.bytes, st.pieces, st.failures, st.dropped)
-            for s, st in ((s, self.sched.stats(i)) for i, s in enumerate(self.sources)))
+            SourceReport(s.url, s.kind, st.bytes, st.pieces, st.failures,
+                         self.blamed.get(i, st.dropped))
+            for i, (s, st) in enumerate((s, self.sched.stats(i))
+                                        for i, s in enumerate(self.sources)))
 
 
 class _LowWater:

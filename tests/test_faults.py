@@ -117,3 +117,36 @@ def test_compressed_range_answer_drops_the_source(tmp_path):
         s = fetch_ok(tmp_path, zipped.url, good.url)
     assert (tmp_path / "out").read_bytes() == data
     assert "gzip" in by_url(s, zipped.url)["dropped_reason"]
+
+
+def test_repair_by_blame_finds_the_liar_and_fixes_its_pieces(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=21)
+    with FaultyServer(data) as a, FaultyServer(data, lie=True) as liar, FaultyServer(data) as b:
+        out = tmp_path / "out"
+        r = mfetch(a.url, liar.url, b.url, "-o", str(out), "--json",
+                   "--sha256", hashlib.sha256(data).hexdigest())
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    s = json.loads(r.stdout)
+    assert "wrong bytes" in by_url(s, liar.url)["dropped_reason"]
+    assert not by_url(s, a.url)["dropped"] and not by_url(s, b.url)["dropped"]
+    assert liar.url in r.stderr
+    assert not list(tmp_path.glob("out.*")), "no scratch, part or control file left"
+
+
+def test_repair_with_two_mirrors_tries_each_hypothesis(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=22)
+    with FaultyServer(data, lie=True) as liar, FaultyServer(data) as honest:
+        r = mfetch(liar.url, honest.url, "-o", str(tmp_path / "out"), "--json",
+                   "--sha256", hashlib.sha256(data).hexdigest())
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_bytes() == data
+    assert "wrong bytes" in by_url(json.loads(r.stdout), liar.url)["dropped_reason"]
+
+
+def test_a_wrong_digest_is_not_blamed_on_honest_mirrors(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB, seed=23)
+    with FaultyServer(data) as a, FaultyServer(data) as b:
+        r = mfetch(a.url, b.url, "-o", str(tmp_path / "out"), "--sha256", "ab" * 32)
+    assert r.returncode == 1 and "same bytes" in r.stderr
+    assert not (tmp_path / "out").exists()
