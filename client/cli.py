@@ -2,6 +2,7 @@
 
     mfetch NAME [--tracker HOST:PORT] [-o OUT]     ask the tracker who holds NAME
     mfetch URL [URL ...] [-o OUT]                  mirrors of one file, no tracker
+    mfetch FILE.meta4 [-o OUT]                     a Metalink 4 file's mirrors and hashes
 
 Exit status: 0 only for a complete, verified file; 1 on any error; 130 when
 interrupted (the verified pieces are kept, and the same command resumes).
@@ -19,6 +20,7 @@ import sys
 import time
 
 from client import config as client_config
+from client import metalink
 from client.fetcher import Fetcher, Result, content_key
 from client.http import (
     HttpClient,
@@ -28,7 +30,13 @@ from client.http import (
     strip_userinfo,
     url_credentials,
 )
-from client.plan import Plan, parse_sha256, plan_from_tracker, plan_from_urls
+from client.plan import (
+    Plan,
+    parse_sha256,
+    plan_from_metalink,
+    plan_from_tracker,
+    plan_from_urls,
+)
 from client.storage import PartFile
 from common.errors import ConfigError, MfetchError, StorageError
 
@@ -41,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
         description="Fetch one file from many sources at once, verifying every piece.",
         epilog="A NAME is looked up on the tracker (--tracker, $MFETCH_TRACKER or the config "
                "file; default 127.0.0.1:7700). Several URLs are mirrors of the same file.")
-    p.add_argument("targets", nargs="+", metavar="NAME | URL", help="a file name, or URLs")
+    p.add_argument("targets", nargs="+", metavar="NAME | URL | FILE.meta4",
+                   help="a file name (asked of the tracker), URLs of one file, or a metalink")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="where to save (a file, or an existing folder); default: the name")
     p.add_argument("--tracker", metavar="HOST:PORT", help="the tracker to ask for a NAME")
@@ -128,6 +137,7 @@ async def _main(args: argparse.Namespace) -> int:
              "stall_timeout": args.stall_timeout}
     cfg = client_config.load(args.config, flags)
     urls = [t for t in args.targets if "://" in t]
+    meta = args.targets[0] if metalink.is_metalink(args.targets[0]) else None
     if urls and len(urls) != len(args.targets):
         raise ConfigError("give either one NAME or URLs, not both")
     if not urls and len(args.targets) > 1:
@@ -149,7 +159,9 @@ async def _main(args: argparse.Namespace) -> int:
         async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
                               read_timeout=cfg.stall_timeout + 5,
                               per_host=cfg.max_connections_per_source + 1) as http:
-            if urls:
+            if meta:
+                plan = await plan_from_metalink(http, meta, sha256)
+            elif urls:
                 # Passwords stay in `opts`; messages and the summary show plain URLs.
                 plan = await plan_from_urls(http, [strip_userinfo(u) for u in urls], sha256)
             else:

@@ -7,12 +7,14 @@ only a whole-file SHA-256, or only HTTP validators), and its sources.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import posixpath
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from client import metalink
 from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe
 
 if TYPE_CHECKING:
@@ -124,10 +126,11 @@ async def fetch_piece_list(client: HttpClient, content: Identity,
                          + "; ".join(errors))
 
 
-async def plan_from_urls(client: HttpClient, urls: list[str],
-                         sha256: bytes | None) -> Plan:
+async def plan_from_urls(client: HttpClient, urls: list[str], sha256: bytes | None,
+                         expected_size: int | None = None) -> Plan:
     """Probe every URL; they must agree on the size. Unreachable ones are left out.
 
+    With `expected_size` (from a metalink), mirrors of another size are left out.
     Raises SourceError when none answers, ConfigError when they disagree on the size.
     """
     results = await asyncio.gather(*(probe(client, u) for u in urls), return_exceptions=True)
@@ -145,6 +148,13 @@ async def plan_from_urls(client: HttpClient, urls: list[str],
         raise SourceError(failures[0] if len(failures) == 1 else
                           "no mirror answered: " + "; ".join(failures))
     notes += [f"leaving out {f}" for f in failures]
+    if expected_size is not None:
+        wrong = [p for p in probes if p.size != expected_size]
+        notes += [f"leaving out {p.url}: it has {p.size} bytes, the metalink says "
+                  f"{expected_size}" for p in wrong]
+        probes = [p for p in probes if p.size == expected_size]
+        if not probes:
+            raise SourceError(f"no mirror has the {expected_size} bytes the metalink says")
     sizes = {p.size for p in probes}
     if len(sizes) > 1:
         detail = ", ".join(f"{p.url} has {p.size}" for p in probes)
@@ -158,6 +168,30 @@ async def plan_from_urls(client: HttpClient, urls: list[str],
     sources = tuple(SourcePlan(p.url, "url", p.validator, p.ranges) for p in probes)
     return Plan(name_from_url(urls[0]), size, piece_size_for(size), sha256, None, None, sources,
                 tuple(notes))
+
+
+MAX_METALINK_PIECE = 64 * 1024 * 1024  # a tail duplicate buffers one piece in memory
+
+
+async def plan_from_metalink(client: HttpClient, path: str, sha256: bytes | None) -> Plan:
+    """A plan from a Metalink 4 file: its mirrors, size, digest and piece hashes.
+
+    Raises ConfigError for a malformed metalink or a --sha256 that contradicts it.
+    """
+    meta = metalink.load(path)
+    if sha256 and meta.sha256 and sha256 != meta.sha256:
+        raise ConfigError(f"--sha256 {sha256.hex()} contradicts the metalink's "
+                          f"{meta.sha256.hex()}")
+    plan = await plan_from_urls(client, list(meta.urls), sha256 or meta.sha256, meta.size)
+    name = safe_name(meta.name) if meta.name else plan.name
+    plan = dataclasses.replace(plan, name=name)
+    if meta.piece_hashes is None or meta.piece_size is None:
+        return plan
+    if meta.piece_size > MAX_METALINK_PIECE:
+        return dataclasses.replace(plan, notes=plan.notes + (
+            (f"ignoring the metalink's piece hashes: pieces of {meta.piece_size} bytes are "
+            "too large to check one by one; the whole file is still checked"),))
+    return dataclasses.replace(plan, piece_size=meta.piece_size, piece_hashes=meta.piece_hashes)
 
 
 def parse_sha256(text: str) -> bytes:
