@@ -10,10 +10,12 @@ can leave a control file claiming a piece that is not on disk.
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
 import pathlib
+import shutil
 from dataclasses import dataclass, field
 
 from common.errors import StorageError
@@ -97,9 +99,26 @@ class PartFile:
             os.ftruncate(self.fd, key.size)
         except OSError as e:
             raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
+        self._reserve(key.size)
         self.flushed = bytes(self.done)
         self._write_control(self.flushed)
         return {i for i, d in enumerate(self.done) if d}, note
+
+    def _reserve(self, size: int) -> None:
+        """Allocate the whole file now, so a disk too small fails before any download.
+
+        Raises StorageError naming the space needed; filesystems that cannot
+        allocate ahead (EOPNOTSUPP) just go on.
+        """
+        try:
+            os.posix_fallocate(self.fd, 0, size) if size else None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                free = shutil.disk_usage(self.part.parent).free
+                raise StorageError(f"not enough space for {self.out}: it needs {size} bytes, "
+                                   f"{free} are free") from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write `data` at `offset`. Raises StorageError (e.g. the disk is full)."""

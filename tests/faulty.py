@@ -3,7 +3,7 @@ file with byte ranges, and misbehaves on purpose.
 
     FaultyServer(data, cut_after=N)        close the connection after N body bytes (each response)
     FaultyServer(data, stall_after=N)      stop sending after N body bytes, keep the connection
-    FaultyServer(data, trickle=BPS)        send at most BPS bytes per second
+    FaultyServer(data, trickle=BPS)        send at most BPS bytes per second (all connections)
     FaultyServer(data, lie=True)           send other bytes of the right length
     FaultyServer(data, change_after=K)     from request K on, serve other content (new ETag)
     FaultyServer(data, shift_range=D)      answer with a Content-Range D bytes off
@@ -49,6 +49,7 @@ class FaultyServer:
         self.requests = 0
         self.sent = 0
         self.headers_seen: list[dict[str, str]] = []
+        self._free_at = 0.0
         self.server = AppServer(self._handle, ssl_context=ssl_context)
         self.url = f"{self.server.url}/file.bin"
 
@@ -125,5 +126,7 @@ class FaultyServer:
             await resp.write(piece)
             written += len(piece)
             self.sent += len(piece)
-            if self.trickle:
-                await asyncio.sleep(len(piece) / self.trickle)
+            if self.trickle:  # one uplink, shared by every connection
+                now = asyncio.get_running_loop().time()
+                self._free_at = max(now, self._free_at) + len(piece) / self.trickle
+                await asyncio.sleep(self._free_at - now)
