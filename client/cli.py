@@ -21,7 +21,7 @@ import time
 
 from client import config as client_config
 from client import metalink
-from client.fetcher import Fetcher, Result, content_key
+from client.fetcher import Fetcher, Result, SourceReport, content_key
 from client.http import (
     HttpClient,
     HttpOptions,
@@ -38,6 +38,7 @@ from client.plan import (
     plan_from_urls,
 )
 from client.storage import PartFile
+from client.stream import stream_fetch
 from common.errors import ConfigError, MfetchError, StorageError
 
 log = logging.getLogger("mfetch")
@@ -172,7 +173,10 @@ async def _main(args: argparse.Namespace) -> int:
             out = output_path(args.output, plan, args.force)
             for note in plan.notes:
                 log.warning("%s", note)
-            result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started)
+            if plan.stream:
+                result = await fetch_stream(plan, out, http, started)
+            else:
+                result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     if args.json:
@@ -224,6 +228,20 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         store.close()
     return Result(str(path), plan.size, sha, time.monotonic() - started, fetcher.report(),
                   tuple(plan.notes) + tuple(fetcher.notes), verified_by(plan))
+
+
+async def fetch_stream(plan: Plan, out: pathlib.Path, http: HttpClient,
+                       started: float) -> Result:
+    """A source that gives no size: one stream (see client/stream.py)."""
+    url = plan.sources[0].url
+    log.warning("%s gives no size: fetching it in one stream, without ranges or resume", url)
+    size, sha, notes = await stream_fetch(http, url, out, plan.sha256)
+    for note in notes:
+        log.warning("%s", note)
+    report = SourceReport(url, "url", size, 0, 0, "")
+    checks = ("the whole file's sha256",) if plan.sha256 else ("nothing: no size, no digest",)
+    return Result(str(out), size, sha, time.monotonic() - started, (report,),
+                  plan.notes + tuple(notes), checks)
 
 
 def verified_by(plan: Plan) -> tuple[str, ...]:

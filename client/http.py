@@ -217,7 +217,7 @@ class Probe:
     """What a bare URL told us about its file."""
 
     url: str  # after redirects
-    size: int
+    size: int | None  # None: a body with no length, or encoded (one stream only)
     validator: str  # strong ETag, else Last-Modified, else ""
     ranges: bool  # answered a range request with 206
 
@@ -248,8 +248,8 @@ async def probe(client: HttpClient, url: str) -> Probe:
                 return Probe(final, total, validator_of(resp.headers), True)
             if resp.status == 200:
                 length = resp.content_length
-                if length is None or resp.headers.get("Content-Encoding", "identity") != "identity":
-                    raise ProtocolError(f"{url}: does not say the file's size")
+                if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    length = None  # the length of an encoded body is not the file's
                 return Probe(final, length, validator_of(resp.headers), False)
             if resp.status == 416:  # an empty file has no byte 0 (RFC 9110 §14.4)
                 cr = resp.headers.get("Content-Range", "")

@@ -42,6 +42,7 @@ class Plan:
     piece_hashes: tuple[bytes, ...] | None  # verified against root; None: no piece checks
     sources: tuple[SourcePlan, ...]
     notes: tuple[str, ...] = ()
+    stream: bool = False  # no size known: one stream from sources[0], no ranges, no resume
 
     @property
     def pieces(self) -> int:
@@ -148,6 +149,14 @@ async def plan_from_urls(client: HttpClient, urls: list[str], sha256: bytes | No
         raise SourceError(failures[0] if len(failures) == 1 else
                           "no mirror answered: " + "; ".join(failures))
     notes += [f"leaving out {f}" for f in failures]
+    sized = [p for p in probes if p.size is not None]
+    if not sized:  # nobody says the size: one stream, hashed as it comes
+        return Plan(name_from_url(urls[0]), 0, piece_size_for(0), sha256, None, None,
+                    (SourcePlan(probes[0].url, "url"),), tuple(notes), stream=True)
+    if len(sized) < len(probes):
+        notes.append("leaving out mirrors that give no size: "
+                     + ", ".join(p.url for p in probes if p.size is None))
+        probes = sized
     if expected_size is not None:
         wrong = [p for p in probes if p.size != expected_size]
         notes += [f"leaving out {p.url}: it has {p.size} bytes, the metalink says "
@@ -155,7 +164,7 @@ async def plan_from_urls(client: HttpClient, urls: list[str], sha256: bytes | No
         probes = [p for p in probes if p.size == expected_size]
         if not probes:
             raise SourceError(f"no mirror has the {expected_size} bytes the metalink says")
-    sizes = {p.size for p in probes}
+    sizes = {p.size for p in probes if p.size is not None}
     if len(sizes) > 1:
         detail = ", ".join(f"{p.url} has {p.size}" for p in probes)
         raise ConfigError(f"the mirrors disagree on the size: {detail} bytes")

@@ -150,3 +150,50 @@ def test_a_wrong_digest_is_not_blamed_on_honest_mirrors(tmp_path):
         r = mfetch(a.url, b.url, "-o", str(tmp_path / "out"), "--sha256", "ab" * 32)
     assert r.returncode == 1 and "same bytes" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _streaming_server(data: bytes, encoding: str = ""):
+    """200 with a chunked body (no Content-Length), Range ignored; optionally gzip."""
+    import gzip as _gz
+
+    from aiohttp import web
+
+    from tests.servers import AppServer
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = _gz.compress(data) if encoding == "gzip" else data
+        resp = web.StreamResponse(headers={"Content-Encoding": encoding} if encoding else {})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(body), 100_000):
+            await resp.write(body[i:i + 100_000])
+        return resp
+
+    return AppServer(handler)
+
+
+def test_chunked_body_without_length_is_one_verified_stream(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=24)
+    server = _streaming_server(data)
+    try:
+        url = f"{server.url}/stream.bin"
+        s = fetch_ok(tmp_path, url, extra=("--sha256", hashlib.sha256(data).hexdigest()))
+        r = mfetch(url, "-o", str(tmp_path / "bad"), "--sha256", "00" * 32)
+    finally:
+        server.close()
+    assert (tmp_path / "out").read_bytes() == data
+    assert s["sha256"] == hashlib.sha256(data).hexdigest() and s["size"] == len(data)
+    assert r.returncode == 1 and "sha256" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_compressed_body_despite_identity_is_decoded(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB, seed=25)
+    server = _streaming_server(data, encoding="gzip")
+    try:
+        out = tmp_path / "out"
+        r = mfetch(f"{server.url}/z.bin", "-o", str(out), "--json")
+    finally:
+        server.close()
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert "decoded" in r.stderr
