@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import procs as _procs
+from tests import redis_server as _redis
 
 
 class Procs:
@@ -34,3 +35,20 @@ def procs() -> Iterator[Procs]:
     yield p
     for proc in p.started:
         proc.kill()
+
+
+@pytest.fixture(scope="session")
+def _redis_session() -> Iterator[_redis.RedisServer]:
+    try:
+        server = _redis.start()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(_redis_session: _redis.RedisServer) -> str:
+    """redis://127.0.0.1:PORT/0 of a session-wide test redis-server, emptied for this test."""
+    _redis_session.flush()
+    return _redis_session.url

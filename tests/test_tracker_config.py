@@ -50,3 +50,12 @@ def test_bad_values_are_one_line_config_errors(tmp_path, text, needle) -> None:
     with pytest.raises(ConfigError) as err:
         load(f, {}, environ=False)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_db_is_a_path_or_a_redis_url() -> None:
+    assert load(None, {"db": "redis://r.lan:6379/2"}, environ=False).db == "redis://r.lan:6379/2"
+    assert load(None, {"db": "redis-index.db"}, environ=False).db == "redis-index.db"
+    for bad in ("redis://r.lan", "redis://r.lan:6379/x", "rediss://r.lan:6379",
+                "redis://r.lan:99999"):
+        with pytest.raises(ConfigError, match="db"):
+            load(None, {"db": bad}, environ=False)

@@ -1,11 +1,14 @@
-"""SqliteStore with a fake clock: leases lapse by advancing time, never by sleeping."""
+"""Both stores (SQLite and Redis) with a fake clock: leases lapse by advancing time, never
+by sleeping. The Redis store runs against a real redis-server (tests/redis_server.py)."""
 from __future__ import annotations
 
+import asyncio
 import pathlib
 
 import pytest
 
 from tests.tracker_fakes import FakeClock, ident
+from tracker.redis_store import RedisStore
 from tracker.sqlite_store import SqliteStore
 from tracker.store import Holding, MirrorRecord
 
@@ -13,10 +16,24 @@ ISO = ident("iso")
 TAR = ident("tar", 5000)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def db(request, tmp_path: pathlib.Path) -> str:
+    """Where a store lives: a SQLite file, or a Redis URL (the test server, emptied)."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_url")
+    return str(tmp_path / "t.db")
+
+
+async def _open(db: str, clock: FakeClock):
+    if db.startswith("redis://"):
+        return await RedisStore.open(db, clock, redis_time=False)
+    return await SqliteStore.open(db, clock)
+
+
 @pytest.fixture
-async def store(tmp_path: pathlib.Path):
+async def store(db: str):
     clock = FakeClock()
-    s = await SqliteStore.open(str(tmp_path / "t.db"), clock)
+    s = await _open(db, clock)
     s.clock = clock  # type: ignore[attr-defined]
     yield s
     await s.close()
@@ -108,17 +125,53 @@ async def test_mirrors(store) -> None:
     assert [m.url for m in await store.list_mirrors()] == ["http://m1/u.iso"]
 
 
-async def test_survives_reopen(tmp_path: pathlib.Path) -> None:
+async def test_survives_reopen(db: str) -> None:
     clock = FakeClock()
-    path = str(tmp_path / "t.db")
-    s = await SqliteStore.open(path, clock)
+    s = await _open(db, clock)
     await s.register("a1", "http://h:1", clock() + 30)
     await s.update_holdings("a1", replace=True, removed=[], added=[Holding("u.iso", ISO)])
     await s.put_mirror(MirrorRecord("http://m/u.iso", "u.iso", ISO.sha256, 0))
     await s.close()
-    s = await SqliteStore.open(path, clock)
+    s = await _open(db, clock)
     try:
         assert len(await s.holdings_named("u.iso")) == 1
         assert len(await s.list_mirrors()) == 1
+    finally:
+        await s.close()
+
+
+async def test_holdings_of_several_agents_and_paths(store) -> None:
+    now = store.clock()
+    await store.register("a2", "http://h:2", now + 30)
+    await store.register("a1", "http://h:1", now + 30)
+    await store.update_holdings("a2", replace=True, removed=[],
+                                added=[Holding("b/u.iso", ISO), Holding("u.iso", ISO)])
+    await store.update_holdings("a1", replace=True, removed=[], added=[Holding("u.iso", ISO)])
+    found = await store.holdings_named("u.iso")
+    assert [(f.agent_id, f.holding.path) for f in found] == [
+        ("a1", "u.iso"), ("a2", "b/u.iso"), ("a2", "u.iso")]
+    # Re-announcing a path with other content moves it out of the old content's holders.
+    await store.update_holdings("a2", replace=False, removed=[], added=[Holding("u.iso", TAR)])
+    assert [(f.agent_id, f.holding.path) for f in await store.holders_of(ISO.sha256)] == [
+        ("a1", "u.iso"), ("a2", "b/u.iso")]
+    assert [f.agent_id for f in await store.holders_of(TAR.sha256)] == ["a2"]
+    await store.update_holdings("a2", replace=False, removed=["b/u.iso"], added=[])
+    assert await store.holdings_named("b/u.iso") == []
+
+
+async def test_redis_leases_follow_redis_time(redis_url: str) -> None:
+    """With redis_time (the default), Redis's TIME, not the tracker's clock, ends a lease."""
+    import time
+
+    frozen = FakeClock(time.time())  # the tracker's clock never moves
+    s = await RedisStore.open(redis_url, frozen)
+    try:
+        await s.register("a1", "http://h:1", frozen() + 0.3)
+        await s.update_holdings("a1", replace=True, removed=[], added=[Holding("u.iso", ISO)])
+        assert await s.is_live("a1") and len(await s.holders_of(ISO.sha256)) == 1
+        await asyncio.sleep(0.5)
+        assert not await s.is_live("a1")
+        assert await s.holders_of(ISO.sha256) == []
+        assert not await s.renew("a1", frozen() + 30)
     finally:
         await s.close()

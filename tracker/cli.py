@@ -22,6 +22,7 @@ from common.errors import MfetchError
 from common.tracker_client import DEFAULT_ADDRESS, TrackerClient
 from tracker import config as tconfig
 from tracker import server
+from tracker.redis_store import redact
 
 PROG = "tracker"
 
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help="YAML settings file")
     s.add_argument("--listen", metavar="HOST:PORT", help="address to serve gRPC on "
                    "(default 127.0.0.1:7700; port 0 picks a free port)")
-    s.add_argument("--db", metavar="PATH", help="SQLite database (default tracker.db)")
+    s.add_argument("--db", metavar="PATH|URL", help="SQLite database (default tracker.db), or "
+                   "redis://HOST:PORT[/DB] to share one store among several trackers")
     s.add_argument("--lease-seconds", metavar="N", help="agent lease length (default 30)")
     s.add_argument("--heartbeat-seconds", metavar="N",
                    help="heartbeat interval told to agents (default 10)")
@@ -91,7 +93,7 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(f"tracker listening on {running.address}", flush=True)
     logging.getLogger("tracker").info("store %s, lease %ds, heartbeat %ds, %d configured mirrors",
-                                      cfg.db, cfg.lease_seconds, cfg.heartbeat_seconds,
+                                      redact(cfg.db), cfg.lease_seconds, cfg.heartbeat_seconds,
                                       len(cfg.mirrors))
     await stop.wait()
     logging.getLogger("tracker").info("stopping")

@@ -7,7 +7,7 @@ in ./tracker.db, 30 s leases renewed by 10 s heartbeats.
 YAML example::
 
     listen: 0.0.0.0:7700
-    db: /var/lib/mfetch/tracker.db
+    db: /var/lib/mfetch/tracker.db   # or redis://HOST:PORT[/DB], shared by several trackers
     lease_seconds: 30
     heartbeat_seconds: 10
     mirrors:
@@ -26,7 +26,7 @@ from typing import Any
 
 from common import config as cfg
 from common.errors import ConfigError
-from tracker import validate
+from tracker import redis_store, validate
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,8 @@ def check(c: TrackerConfig) -> TrackerConfig:
     cfg.parse_hostport(c.listen, "listen address")
     if not c.db:
         raise ConfigError("db: the database path is empty")
+    if c.db.startswith(("redis:", "rediss:")):  # a URL, not a file named redis...
+        redis_store.check_url(c.db)
     if not 1 <= c.lease_seconds <= 86400:
         raise ConfigError(f"lease_seconds must be 1..86400, got {c.lease_seconds}")
     if not 1 <= c.heartbeat_seconds < c.lease_seconds:

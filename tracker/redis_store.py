@@ -1,0 +1,354 @@
+"""The shared store: one Redis (redis-py's asyncio client), so several trackers give one answer.
+
+Every tracker process pointed at the same Redis sees the same agents, holdings
+and mirrors; nothing lives in one tracker's memory. Each operation is one Lua
+script, so it is atomic against the other trackers and costs one round trip.
+
+Schema (every key starts with the prefix, default ``mfetch:``; ``\\0`` joins
+an agent id and a path into one set member)::
+
+    leases               zset   agent_id -> lease expiry, seconds on Redis's clock (TIME)
+    agent:{agent_id}     hash   base_url
+    held:{agent_id}      hash   path -> "SHA_HEX|SIZE|PIECE_SIZE|ROOT_HEX"   (its identity)
+    sha:{sha_hex}        set    "agent_id\\0path" of every holding of that content
+    name:{name}          set    "agent_id\\0path" of every holding whose basename or
+                                whole path is name (a path in a folder is in two sets)
+    mirrors              hash   url -> "SHA_HEX|SIZE|NAME"
+    msha:{sha_hex}       set    urls of the mirrors of that content
+    mname:{name}         set    urls of the mirrors with that name
+
+Locate is O(holders): one SMEMBERS of ``name:`` or ``sha:``, then for each
+member one ZSCORE (is the lease live?), one HGET of its identity and one of
+its agent's base_url. Nothing scans all agents or all holdings.
+
+Leases expire by Redis's clock: the tracker passes a lease *length*, the script
+reads ``TIME`` and stores ``now + length`` as the score, and liveness compares
+scores with ``TIME`` again. Trackers whose clocks disagree still agree on who is
+live, and a killed tracker takes nothing with it. Holdings of a lapsed agent
+stay (hidden by the score check) until :meth:`RedisStore.purge` drops agents
+that lapsed long ago, as in the SQLite store. Tests may pass ``redis_time=False``
+to have the injected clock stand in for ``TIME`` and move leases by hand.
+
+Keys are built inside the scripts, so this targets one Redis (or a primary with
+replicas), not Redis Cluster.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from common.errors import ConfigError
+from common.identity import Identity
+from tracker.store import Holding, Located, MirrorRecord
+
+SCHEME = "redis://"
+
+# Shared prelude: NOW is Redis's clock unless the caller passed a time (tests).
+_NOW = """
+local P = ARGV[1]
+local NOW
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  NOW = tonumber(ARGV[2])
+end
+local function live(agent)
+  local s = redis.call('ZSCORE', P .. 'leases', agent)
+  return s and tonumber(s) > NOW
+end
+local function basename(path) return string.match(path, '([^/]*)$') end
+local function drop(agent, path)
+  local v = redis.call('HGET', P .. 'held:' .. agent, path)
+  if not v then return end
+  local member = agent .. '\\0' .. path
+  redis.call('SREM', P .. 'sha:' .. string.sub(v, 1, 64), member)
+  local base = basename(path)
+  redis.call('SREM', P .. 'name:' .. base, member)
+  if base ~= path then redis.call('SREM', P .. 'name:' .. path, member) end
+  redis.call('HDEL', P .. 'held:' .. agent, path)
+end
+local function forget(agent)
+  local paths = redis.call('HKEYS', P .. 'held:' .. agent)
+  for _, path in ipairs(paths) do drop(agent, path) end
+  redis.call('DEL', P .. 'held:' .. agent, P .. 'agent:' .. agent)
+  redis.call('ZREM', P .. 'leases', agent)
+end
+"""
+
+# ARGV: prefix, now, agent, base_url, lease_length
+_REGISTER = _NOW + """
+redis.call('ZADD', P .. 'leases', NOW + tonumber(ARGV[5]), ARGV[3])
+redis.call('HSET', P .. 'agent:' .. ARGV[3], 'base_url', ARGV[4])
+return 1
+"""
+
+# ARGV: prefix, now, agent, lease_length
+_RENEW = _NOW + """
+if not live(ARGV[3]) then return 0 end
+redis.call('ZADD', P .. 'leases', NOW + tonumber(ARGV[4]), ARGV[3])
+return 1
+"""
+
+# ARGV: prefix, now, agent
+_IS_LIVE = _NOW + """
+if live(ARGV[3]) then return 1 end
+return 0
+"""
+
+# ARGV: prefix, now, agent
+_REMOVE_AGENT = _NOW + """
+forget(ARGV[3])
+return 1
+"""
+
+# ARGV: prefix, now, cutoff_age, limit -> agents forgotten (at most limit)
+_PURGE = _NOW + """
+local cutoff = NOW - tonumber(ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', '(' .. cutoff, 'LIMIT', 0, ARGV[4])
+for _, agent in ipairs(old) do forget(agent) end
+return #old
+"""
+
+# ARGV: prefix, now, agent, replace(0/1), n_removed, removed..., then (path, value) pairs
+_UPDATE = _NOW + """
+local agent = ARGV[3]
+local held = P .. 'held:' .. agent
+if ARGV[4] == '1' then
+  for _, path in ipairs(redis.call('HKEYS', held)) do drop(agent, path) end
+end
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do drop(agent, ARGV[i]) end
+for i = 6 + n, #ARGV, 2 do
+  local path, v = ARGV[i], ARGV[i + 1]
+  drop(agent, path)
+  local member = agent .. '\\0' .. path
+  redis.call('HSET', held, path, v)
+  redis.call('SADD', P .. 'sha:' .. string.sub(v, 1, 64), member)
+  local base = basename(path)
+  redis.call('SADD', P .. 'name:' .. base, member)
+  if base ~= path then redis.call('SADD', P .. 'name:' .. path, member) end
+end
+return redis.call('HLEN', held)
+"""
+
+# ARGV: prefix, now, set key suffix -> flat [agent, base_url, path, value, ...] of live holdings
+_LOCATE = _NOW + """
+local out = {}
+for _, member in ipairs(redis.call('SMEMBERS', P .. ARGV[3])) do
+  local sep = string.find(member, '\\0', 1, true)
+  local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+  if live(agent) then
+    local v = redis.call('HGET', P .. 'held:' .. agent, path)
+    local base = redis.call('HGET', P .. 'agent:' .. agent, 'base_url')
+    if v and base then
+      out[#out + 1] = agent; out[#out + 1] = base; out[#out + 1] = path; out[#out + 1] = v
+    end
+  end
+end
+return out
+"""
+
+# ARGV: prefix, now, url, value ("SHA_HEX|SIZE|NAME") or '' to remove -> 1 if one was there
+_PUT_MIRROR = _NOW + """
+local url = ARGV[3]
+local old = redis.call('HGET', P .. 'mirrors', url)
+if old then
+  local sha, _, name = string.match(old, '^(%x+)|(%d+)|(.*)$')
+  redis.call('SREM', P .. 'msha:' .. sha, url)
+  redis.call('SREM', P .. 'mname:' .. name, url)
+  redis.call('HDEL', P .. 'mirrors', url)
+end
+local v = ARGV[4]
+if v ~= '' then
+  local sha, _, name = string.match(v, '^(%x+)|(%d+)|(.*)$')
+  redis.call('HSET', P .. 'mirrors', url, v)
+  redis.call('SADD', P .. 'msha:' .. sha, url)
+  redis.call('SADD', P .. 'mname:' .. name, url)
+end
+if old then return 1 end
+return 0
+"""
+
+# ARGV: prefix, now, set key suffix ('' for all) -> flat [url, value, ...]
+_MIRRORS = _NOW + """
+local urls
+if ARGV[3] == '' then urls = redis.call('HKEYS', P .. 'mirrors')
+else urls = redis.call('SMEMBERS', P .. ARGV[3]) end
+local out = {}
+for _, url in ipairs(urls) do
+  local v = redis.call('HGET', P .. 'mirrors', url)
+  if v then out[#out + 1] = url; out[#out + 1] = v end
+end
+return out
+"""
+
+PURGE_BATCH = 100  # agents forgotten per script run, so one purge never blocks Redis long
+
+
+def is_redis_url(db: str) -> bool:
+    """Whether a --db value names a Redis store rather than a SQLite file."""
+    return db.startswith(SCHEME)
+
+
+def check_url(url: str) -> str:
+    """Validate redis://[:PASSWORD@]HOST:PORT[/DB]; raises ConfigError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"db: bad Redis URL {redact(url)!r}: {e}") from None
+    if parts.scheme != "redis" or not parts.hostname or port is None:
+        raise ConfigError(f"db: expected redis://HOST:PORT[/DB], got {redact(url)!r}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigError(f"db: the Redis database must be a number, got {path!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"db: unexpected ?query or #fragment in {redact(url)!r}")
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and errors."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "redis://(unparsable)"
+
+
+def _value(ident: Identity) -> str:
+    return f"{ident.sha256.hex()}|{ident.size}|{ident.piece_size}|{ident.root.hex()}"
+
+
+def _identity(value: bytes) -> Identity:
+    sha, size, piece_size, root = value.decode().split("|")
+    return Identity(int(size), bytes.fromhex(sha), int(piece_size), bytes.fromhex(root))
+
+
+class RedisStore:
+    """A :class:`tracker.store.Store` in Redis. Open with :meth:`open`."""
+
+    def __init__(self, client: Any, clock: Callable[[], float], *, redis_time: bool = True,
+                 prefix: str = "mfetch:") -> None:
+        """Prefer :meth:`open`. `clock` is the tracker's clock, which its callers use to
+        compute `expires_at`; leases are stored as lengths from Redis's own TIME unless
+        `redis_time` is False (then `clock` is the time base: for tests)."""
+        self._redis = client
+        self._clock = clock
+        self._redis_time = redis_time
+        self._prefix = prefix
+        reg = client.register_script
+        self._register, self._renew, self._is_live = reg(_REGISTER), reg(_RENEW), reg(_IS_LIVE)
+        self._remove_agent, self._purge, self._update = (
+            reg(_REMOVE_AGENT), reg(_PURGE), reg(_UPDATE))
+        self._locate, self._put_mirror, self._mirrors = (
+            reg(_LOCATE), reg(_PUT_MIRROR), reg(_MIRRORS))
+
+    @classmethod
+    async def open(cls, url: str, clock: Callable[[], float] = time.time, *,
+                   redis_time: bool = True, prefix: str = "mfetch:") -> RedisStore:
+        """Connect to redis://HOST:PORT[/DB] and check it answers.
+
+        Raises ConfigError for a malformed URL, redis.exceptions.RedisError (or OSError)
+        if Redis cannot be reached.
+        """
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(check_url(url), socket_timeout=10,
+                                         socket_connect_timeout=5, health_check_interval=30)
+        try:
+            await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, clock, redis_time=redis_time, prefix=prefix)
+
+    async def _call(self, script: Any, *args: Any) -> Any:
+        now = "" if self._redis_time else repr(self._clock())
+        return await script(keys=[], args=[self._prefix, now, *args])
+
+    def _length(self, expires_at: float) -> str:
+        return repr(max(0.0, expires_at - self._clock()))
+
+    # --- agents ---------------------------------------------------------------------------
+
+    async def register(self, agent_id: str, base_url: str, expires_at: float) -> None:
+        await self._call(self._register, agent_id, base_url, self._length(expires_at))
+
+    async def renew(self, agent_id: str, expires_at: float) -> bool:
+        return bool(await self._call(self._renew, agent_id, self._length(expires_at)))
+
+    async def is_live(self, agent_id: str) -> bool:
+        return bool(await self._call(self._is_live, agent_id))
+
+    async def remove_agent(self, agent_id: str) -> None:
+        await self._call(self._remove_agent, agent_id)
+
+    async def purge(self, lapsed_before: float) -> int:
+        age = repr(self._clock() - lapsed_before)  # "lapsed more than age seconds ago"
+        total = 0
+        while True:
+            n = int(await self._call(self._purge, age, PURGE_BATCH))
+            total += n
+            if n < PURGE_BATCH:
+                return total
+
+    # --- holdings -------------------------------------------------------------------------
+
+    async def update_holdings(self, agent_id: str, *, replace: bool,
+                              added: Sequence[Holding], removed: Sequence[str]) -> int:
+        args: list[Any] = [agent_id, "1" if replace else "0", len(removed), *removed]
+        for h in added:
+            args += [h.path, _value(h.identity)]
+        return int(await self._call(self._update, *args))
+
+    async def holdings_named(self, name: str) -> list[Located]:
+        return await self._located("name:" + name)
+
+    async def holders_of(self, sha256: bytes) -> list[Located]:
+        return await self._located("sha:" + sha256.hex())
+
+    async def _located(self, key: str) -> list[Located]:
+        flat = await self._call(self._locate, key)
+        found = [Located(flat[i].decode(), flat[i + 1].decode(),
+                         Holding(flat[i + 2].decode(), _identity(flat[i + 3])))
+                 for i in range(0, len(flat), 4)]
+        found.sort(key=lambda x: (x.agent_id, x.holding.path))
+        return found
+
+    # --- mirrors --------------------------------------------------------------------------
+
+    async def put_mirror(self, mirror: MirrorRecord) -> None:
+        await self._call(self._put_mirror, mirror.url,
+                         f"{mirror.sha256.hex()}|{mirror.size}|{mirror.name}")
+
+    async def remove_mirror(self, url: str) -> bool:
+        return bool(await self._call(self._put_mirror, url, ""))
+
+    async def list_mirrors(self) -> list[MirrorRecord]:
+        return await self._mirror_list("")
+
+    async def mirrors_named(self, name: str) -> list[MirrorRecord]:
+        return await self._mirror_list("mname:" + name)
+
+    async def mirrors_of(self, sha256: bytes) -> list[MirrorRecord]:
+        return await self._mirror_list("msha:" + sha256.hex())
+
+    async def _mirror_list(self, key: str) -> list[MirrorRecord]:
+        flat = await self._call(self._mirrors, key)
+        out = []
+        for i in range(0, len(flat), 2):
+            sha, size, name = flat[i + 1].decode().split("|", 2)
+            out.append(MirrorRecord(flat[i].decode(), name, bytes.fromhex(sha), int(size)))
+        out.sort(key=lambda m: m.url)
+        return out
+
+    async def close(self) -> None:
+        await self._redis.aclose()
