@@ -5,6 +5,8 @@
 #   make test        the whole test suite
 #   make lint        ruff + mypy on the packages
 #   make bench       benchmark over shaped links (root: network namespaces)
+#   make bench-tracker  tracker load test, SQLite and Redis (needs redis-server)
+#   make fuzz        fuzz the Range parser and the tracker's validation, FUZZ_SECONDS each
 #   make proto       regenerate common/api/ from proto/
 #   make clean       remove .venv, demo-run/ and caches
 
@@ -22,7 +24,7 @@ PYTHON ?= $(shell for p in python3.11 python3; do \
 	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
 	  command -v $$p; break; fi; done)
 
-.PHONY: all venv install demo test bench bench-quick proto lint clean
+.PHONY: all venv install demo test bench bench-quick bench-tracker proto lint fuzz clean
 
 all: install
 
@@ -53,6 +55,17 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(VPY) bench/run.py --quick
+
+bench-tracker: $(STAMP)
+	$(VPY) bench/tracker_load.py $(BENCH_ARGS)
+
+# atheris (coverage-guided) if it installs; else the targets fall back to hypothesis.
+FUZZ_SECONDS ?= 120
+fuzz: $(STAMP)
+	@$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install -q atheris || \
+	  echo "atheris did not install: fuzzing with hypothesis instead"
+	$(VPY) tests/fuzz/fuzz_ranges.py $(FUZZ_SECONDS)
+	$(VPY) tests/fuzz/fuzz_announce.py $(FUZZ_SECONDS)
 
 proto: $(STAMP)
 	$(VPY) scripts/genproto.py

@@ -20,7 +20,7 @@ from agent.config import AgentConfig
 from agent.hashcache import HashCache
 from agent.inventory import Inventory
 from agent.reporter import Reporter, TrackerApi
-from agent.server import make_app
+from agent.server import make_runner
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
 from common.tracker_client import TrackerClient
@@ -137,7 +137,7 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
-    runner = web.AppRunner(make_app(inventory), access_log=None)
+    runner = make_runner(inventory)
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)

@@ -18,6 +18,23 @@ and must stay inside realpath(DIR), be a regular file, and not be hidden, a
 temp file, or in the state dir (404 otherwise). After opening, the descriptor's
 real path is read back from /proc/self/fd to close the race where a component
 is swapped for a symlink between the check and the open.
+
+Only regular files are ever opened: the path is stat()ed first, so a device
+(where open() alone can have effects, e.g. a watchdog or a tape) or a FIFO is
+refused with 404 without being opened; a file swapped for one after that check
+is opened O_NONBLOCK (a FIFO open cannot hang) and refused by the fstat check.
+A hard link inside DIR to a file outside DIR *is* served: it is a name inside
+DIR for the same inode, exactly like a copy someone put there (only root or the
+file's owner can make one; DIR's owner decides what DIR holds).
+
+Bounds on slow or hostile clients (see SECURITY.md): request line and each
+header field at most 8190 bytes and at most 128 headers (aiohttp: 400/431
+otherwise); a connection that has not completed a request within
+KEEPALIVE_TIMEOUT of connecting (or of its last response) is closed, which is
+what ends a "slowloris" client sending half a request line; a client that
+stops reading a response for SEND_STALL_TIMEOUT is disconnected, so a stalled
+reader holds its socket and file descriptor no longer than that. The number
+of connections is bounded only by the process's file descriptor limit.
 """
 from __future__ import annotations
 
@@ -37,6 +54,11 @@ from common import agent_api
 from common.http_ranges import content_range, parse_range
 
 CHUNK = 256 * 1024
+# Longer than the aiohttp client's 15 s keep-alive, so an idle pooled connection is
+# closed by the client first (no race on reuse); also the most a half-sent request
+# holds a connection.
+KEEPALIVE_TIMEOUT = 75.0
+SEND_STALL_TIMEOUT = 60.0  # most one CHUNK may wait for a client that stopped reading
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _INVENTORY: web.AppKey[Inventory] = web.AppKey("inventory", Inventory)
 
@@ -77,7 +99,9 @@ def open_served(inventory: Inventory, rel: str) -> tuple[int, os.stat_result] | 
     if not all(is_shareable_name(p) for p in os.path.relpath(real, root).split(os.sep)):
         return None
     try:
-        # O_NONBLOCK: opening a FIFO must not hang; O_NOFOLLOW: real has no symlink left.
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            return None  # never open a device or FIFO: open() itself can block or act
+        # O_NONBLOCK: a FIFO swapped in since must not hang; O_NOFOLLOW: no symlink left.
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
@@ -161,7 +185,16 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
         chunk = await loop.run_in_executor(None, os.pread, fd, min(CHUNK, end - pos), pos)
         if not chunk:
             break  # truncated under us: the short body tells the client (length mismatch)
-        await resp.write(chunk)  # waits for the socket to drain: memory stays bounded
+        try:
+            async with asyncio.timeout(SEND_STALL_TIMEOUT):
+                await resp.write(chunk)  # waits for the socket to drain: memory stays bounded
+        except TimeoutError:
+            # The client stopped reading: drop it rather than hold the socket and fd
+            # forever. aiohttp's write_eof then meets the closed transport and treats
+            # it as a client disconnect (quietly).
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
         pos += len(chunk)
     await resp.write_eof()
     return resp
@@ -181,6 +214,12 @@ async def handle_pieces(request: web.Request) -> web.Response:
 
 async def handle_health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+def make_runner(inventory: Inventory) -> web.AppRunner:
+    """An AppRunner for make_app(inventory) with the agent's connection bounds."""
+    return web.AppRunner(make_app(inventory), access_log=None,
+                         keepalive_timeout=KEEPALIVE_TIMEOUT)
 
 
 def make_app(inventory: Inventory) -> web.Application:

@@ -17,20 +17,27 @@ from common.tracker_client import Candidate, SourceKind, TrackerClient
 from tests.tracker_fakes import FakeClock, ident
 from tracker import server
 from tracker.config import MirrorSpec, TrackerConfig
+from tracker.redis_store import RedisStore
 
 ISO = ident("iso", 3_000_000)
 OTHER_ISO = ident("other-iso", 3_000_001)
 TAR = ident("tar")
 
 
-@pytest.fixture
-async def tracker(tmp_path: pathlib.Path):
+@pytest.fixture(params=["sqlite", "redis"])
+async def tracker(request, tmp_path: pathlib.Path):
     clock = FakeClock()
     cfg = TrackerConfig(listen="127.0.0.1:0", db=str(tmp_path / "t.db"))
-    running = await server.start(cfg, clock=clock)
+    store = None
+    if request.param == "redis":
+        store = await RedisStore.open(request.getfixturevalue("redis_url"), clock,
+                                      redis_time=False)
+    running = await server.start(cfg, store=store, clock=clock)
     running.clock = clock  # type: ignore[attr-defined]
     yield running
     await running.stop(grace=1)
+    if store is not None:
+        await store.close()
 
 
 @pytest.fixture

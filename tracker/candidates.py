@@ -4,9 +4,17 @@ Pure: takes store records, returns pb2 Candidates. A content is its full
 identity (size, sha256, piece_size, root), so agents that disagree about a
 name's bytes, or lie about a root, show up as separate candidates and the
 client picks (most live holders first).
+
+Answers are capped, so a popular content or a flooded name cannot make one
+Locate answer huge (it must fit the client's 4 MB gRPC limit and cost little
+to build): at most MAX_CANDIDATES candidates (the most held), and per
+candidate at most MAX_AGENT_SOURCES agents, chosen at random among the live
+holders when there are more (so the load spreads over all of them, call by
+call), and MAX_MIRROR_SOURCES mirrors. `live_holders` still counts them all.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -14,6 +22,11 @@ from common import agent_api
 from common.api import tracker_pb2 as pb
 from common.identity import Identity
 from tracker.store import Located, MirrorRecord
+
+MAX_CANDIDATES = 8
+MAX_AGENT_SOURCES = 50
+MAX_MIRROR_SOURCES = 8
+_RNG = random.Random()
 
 
 @dataclass
@@ -25,14 +38,16 @@ class _Group:
 
 
 def build(located: Iterable[Located], mirrors: Iterable[MirrorRecord],
-          name: str = "") -> list[pb.Candidate]:
+          name: str = "", rng: random.Random | None = None) -> list[pb.Candidate]:
     """Candidates from live holdings and mirrors, most live holders first.
 
     `name` (when locating by name) names every candidate; otherwise a candidate
     is named after its first holding's basename, or its mirror's name. A mirror
     joins every candidate with its sha256 (when its size is unknown or agrees);
     a mirror whose content no agent holds forms a candidate with piece_size 0
-    and an empty root.
+    and an empty root. At most MAX_CANDIDATES, each with at most MAX_AGENT_SOURCES
+    agents (a sample drawn with `rng` when there are more) and MAX_MIRROR_SOURCES
+    mirrors (the first by URL).
     """
     groups: dict[Identity, _Group] = {}
     for loc in sorted(located, key=lambda x: (x.agent_id, x.holding.path)):
@@ -49,16 +64,20 @@ def build(located: Iterable[Located], mirrors: Iterable[MirrorRecord],
             g.mirrors[m.url] = m
     ordered = sorted(groups.values(), key=lambda g: (-len(g.agents), -len(g.mirrors),
                                                      g.identity.sha256, g.identity.root))
-    return [_candidate(g) for g in ordered]
+    return [_candidate(g, rng or _RNG) for g in ordered[:MAX_CANDIDATES]]
 
 
-def _candidate(g: _Group) -> pb.Candidate:
+def _candidate(g: _Group, rng: random.Random) -> pb.Candidate:
     ident = g.identity
+    agents = list(g.agents.values())
+    if len(agents) > MAX_AGENT_SOURCES:
+        agents = sorted(rng.sample(agents, MAX_AGENT_SOURCES), key=lambda x: x.agent_id)
     sources = [pb.Source(kind=pb.Source.AGENT, agent_id=loc.agent_id,
                          url=agent_api.file_url(loc.base_url, loc.holding.path),
                          pieces_url=agent_api.pieces_url(loc.base_url, ident.sha256))
-               for loc in g.agents.values()]
-    sources += [pb.Source(kind=pb.Source.MIRROR, url=m.url) for m in g.mirrors.values()]
+               for loc in agents]
+    sources += [pb.Source(kind=pb.Source.MIRROR, url=m.url)
+                for m in list(g.mirrors.values())[:MAX_MIRROR_SOURCES]]
     return pb.Candidate(
         content=pb.Content(size=ident.size, sha256=ident.sha256,
                            piece_size=ident.piece_size, root=ident.root),

@@ -18,7 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common.api import tracker_pb2_grpc as pb_grpc
 from common.errors import ConfigError, StorageError
 from tracker.config import TrackerConfig
-from tracker.service import TrackerServicer
+from tracker.redis_store import RedisStore, is_redis_url, redact
+from tracker.service import DecodeErrors, TrackerServicer
 from tracker.sqlite_store import SqliteStore
 from tracker.store import MirrorRecord, Store
 
@@ -29,9 +30,18 @@ SERVICE_NAME = "mfetch.v1.Tracker"
 MAX_MESSAGE = 64 * 1024 * 1024
 # gRPC sets SO_REUSEPORT by default, which would let a second tracker silently share
 # (and steal half the calls of) a port already in use; we want "address in use".
+# Calls waiting for the Python side: gRPC core's default (1,000) CANCELs a burst of
+# more (a flood of 2,000 locates lost ~10%); queued calls cost little, and past
+# MAX_CONCURRENT_RPCS in flight they are answered RESOURCE_EXHAUSTED anyway.
+MAX_PENDING = 10_000
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.so_reuseport", 0)]
+                ("grpc.so_reuseport", 0),
+                ("grpc.server.max_pending_requests", MAX_PENDING),
+                ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING)]
+# RPCs in flight at once; more are answered RESOURCE_EXHAUSTED at once, so a flood
+# of calls cannot grow memory without bound (each Locate answer is capped too).
+MAX_CONCURRENT_RPCS = 1024
 
 
 @dataclass
@@ -71,7 +81,7 @@ class RunningTracker:
 
 async def start(config: TrackerConfig, store: Store | None = None,
                 clock: Callable[[], float] = time.time) -> RunningTracker:
-    """Open the store (SQLite at config.db unless one is given), upsert the configured
+    """Open the store (config.db: SQLite path or Redis URL, unless one is given), upsert the configured
     mirrors, bind config.listen (port 0: any free port) and start serving.
 
     Raises StorageError if the database cannot be opened, ConfigError if the address
@@ -82,14 +92,12 @@ async def start(config: TrackerConfig, store: Store | None = None,
     host, _ = parse_hostport(config.listen, "listen address")
     owns = store is None
     if store is None:
-        try:
-            store = await SqliteStore.open(config.db, clock)
-        except (sqlite3.Error, OSError) as e:
-            raise StorageError(f"cannot open the tracker database {config.db}: {e}") from None
+        store = await open_store(config.db, clock)
     try:
         for m in config.mirrors:
             await store.put_mirror(MirrorRecord(m.url, m.name, m.sha256, m.size))
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DecodeErrors()],
+                                 maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         pb_grpc.add_TrackerServicer_to_server(
             TrackerServicer(store, lease_seconds=config.lease_seconds,
                             heartbeat_seconds=config.heartbeat_seconds, clock=clock), server)
@@ -113,6 +121,24 @@ async def start(config: TrackerConfig, store: Store | None = None,
         running._tasks.append(asyncio.create_task(
             _purge_loop(store, clock, config.purge_after_seconds, config.lease_seconds)))
     return running
+
+
+async def open_store(db: str, clock: Callable[[], float] = time.time) -> Store:
+    """The store `db` names: a redis://HOST:PORT[/DB] URL, else a SQLite file path.
+
+    Raises StorageError if it cannot be opened or reached, ConfigError for a bad URL.
+    """
+    if is_redis_url(db):
+        import redis.exceptions
+
+        try:
+            return await RedisStore.open(db, clock)
+        except (redis.exceptions.RedisError, OSError) as e:
+            raise StorageError(f"cannot reach the tracker's Redis at {redact(db)}: {e}") from None
+    try:
+        return await SqliteStore.open(db, clock)
+    except (sqlite3.Error, OSError) as e:
+        raise StorageError(f"cannot open the tracker database {db}: {e}") from None
 
 
 async def _purge_loop(store: Store, clock: Callable[[], float], after: float,

@@ -5,16 +5,29 @@ INVALID_ARGUMENT with a message naming it, an agent the tracker does not know
 (or whose lease lapsed) is NOT_FOUND so the agent registers and announces
 again, nothing under a key is NOT_FOUND, and anything unexpected is logged
 and answered INTERNAL; the server keeps serving.
+
+Identity: without authentication (a later issue adds tokens) the tracker
+cannot tell an agent from someone using its agent_id, and agent ids are not
+secret (Locate answers carry them). So a Register for an agent_id that is
+already live is *accepted*, last one wins, and logged as a warning: refusing
+it (ALREADY_EXISTS until the lease lapses) would lock out the common honest
+case, an agent restarted on a new port or address, for a whole lease, while
+an impostor would only have to wait out that lease. What bounds the harm is
+the client: every byte is checked against the piece hashes and root, so a
+hijacked or fake source can slow a download but never corrupt one. SECURITY.md
+lists this and the other limits.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import posixpath
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from common.api import tracker_pb2 as pb
 from common.api import tracker_pb2_grpc as pb_grpc
@@ -56,6 +69,29 @@ def _rpc(fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
     return wrapper
 
 
+class DecodeErrors(grpc.aio.ServerInterceptor):
+    """Bytes that are not the request message (or carry a string that is not UTF-8)
+    get INVALID_ARGUMENT. Left to gRPC they are UNKNOWN, with an error-level traceback
+    logged per call, which a client could use to flood the log."""
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        deserialize, behavior = handler.request_deserializer, handler.unary_unary
+
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = deserialize(raw)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"not a valid {details.method} request")
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, response_serializer=handler.response_serializer)
+
+
 class TrackerServicer(pb_grpc.TrackerServicer):
     """mfetch.v1.Tracker over a :class:`tracker.store.Store`."""
 
@@ -71,6 +107,9 @@ class TrackerServicer(pb_grpc.TrackerServicer):
                        context: grpc.aio.ServicerContext) -> pb.RegisterReply:
         agent_id = validate.agent_id(request.agent_id)
         base_url = validate.base_url(request.base_url)
+        if await self._store.is_live(agent_id):
+            log.warning("agent %s registered again while its lease is live, now at %s "
+                        "(a restart, a move, or someone else using its id)", agent_id, base_url)
         await self._store.register(agent_id, base_url, self._clock() + self._lease)
         log.info("agent %s registered at %s", agent_id, base_url)
         return pb.RegisterReply(lease_seconds=self._lease, heartbeat_seconds=self._heartbeat)
@@ -109,9 +148,12 @@ class TrackerServicer(pb_grpc.TrackerServicer):
             found = await self._store.holdings_named(name)
             named_mirrors = await self._store.mirrors_named(name)
             # Every live holder of a content the name resolves to is a source,
-            # whatever it calls the file.
-            shas = sorted({f.holding.identity.sha256 for f in found}
-                          | {m.sha256 for m in named_mirrors})
+            # whatever it calls the file. Only the most held contents are looked
+            # up (and answered): a name flooded with thousands of contents costs
+            # MAX_CANDIDATES lookups, not thousands.
+            held = Counter(f.holding.identity.sha256 for f in found)
+            held.update({m.sha256: 0 for m in named_mirrors})
+            shas = sorted(held, key=lambda s: (-held[s], s))[:candidates.MAX_CANDIDATES]
             located, mirrors = await self._by_sha256(shas)
             result = candidates.build(located, mirrors, posixpath.basename(name))
             what = f"name {name!r}"
@@ -145,6 +187,8 @@ class TrackerServicer(pb_grpc.TrackerServicer):
     @_rpc
     async def RemoveMirror(self, request: pb.RemoveMirrorRequest,
                            context: grpc.aio.ServicerContext) -> pb.RemoveMirrorReply:
+        if len(request.url) > validate.MAX_URL:
+            raise Invalid(f"url is longer than {validate.MAX_URL} characters")
         removed = await self._store.remove_mirror(request.url)
         if removed:
             log.info("mirror removed: %s", request.url)

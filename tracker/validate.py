@@ -30,6 +30,8 @@ def agent_id(value: str) -> str:
 
 def base_url(value: str) -> str:
     """An agent's base URL: http(s)://host[:port], nothing after it but an optional '/'."""
+    if len(value) > MAX_URL:
+        raise Invalid(f"base_url is longer than {MAX_URL} characters")
     try:
         u = urlsplit(value)
         port = u.port  # raises ValueError when out of range or not a number
@@ -44,6 +46,8 @@ def base_url(value: str) -> str:
 
 def http_url(value: str, what: str = "url") -> str:
     """A mirror's URL: http or https with a host."""
+    if len(value) > MAX_URL:
+        raise Invalid(f"{what} is longer than {MAX_URL} characters")
     try:
         u = urlsplit(value)
         _ = u.port  # raises ValueError when out of range or not a number
