@@ -69,15 +69,15 @@ async def plan_from_tracker(client: HttpClient, tracker: TrackerClient, name: st
     Raises NotFoundError, TrackerError, IntegrityError (no source has a
     piece list matching the root), SourceError.
     """
-    if name:
-        candidates = await tracker.locate(name=name)
-        if sha256 is not None:
-            candidates = [c for c in candidates if c.content.sha256 == sha256]
-            if not candidates:
-                raise NotFoundError(f"no version of {name!r} has sha256 {sha256.hex()}")
+    if sha256 is not None:
+        # By digest, not by filtering the name's answer: that answer lists only the
+        # most-held versions, and the one asked for may not be among them.
+        try:
+            candidates = await tracker.locate(sha256=sha256)
+        except NotFoundError:
+            raise NotFoundError(f"no version of {name!r} has sha256 {sha256.hex()}") from None
     else:
-        assert sha256 is not None
-        candidates = await tracker.locate(sha256=sha256)
+        candidates = await tracker.locate(name=name)
     best = candidates[0]
     notes = []
     if len(candidates) > 1:
