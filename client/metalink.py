@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from common.errors import ConfigError
+from common.identity import digest_from_hex
 
 NS = "{urn:ietf:params:xml:ns:metalink}"
 MAX_BYTES = 16 * 1024 * 1024  # a metalink of a huge file's piece list is still far below this
@@ -82,10 +83,4 @@ def _int(text: str | None, path: str, what: str) -> int | None:
 
 
 def _digest(text: str | None, path: str) -> bytes:
-    try:
-        raw = bytes.fromhex((text or "").strip())
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError(f"{path}: a sha-256 hash that is not 64 hex digits")
-    return raw
+    return digest_from_hex(text or "", f"{path}: a sha-256 hash")

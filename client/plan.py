@@ -20,7 +20,7 @@ from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe
 if TYPE_CHECKING:
     from common.tracker_client import TrackerClient
 from common.errors import ConfigError, IntegrityError, NotFoundError, SourceError
-from common.identity import Identity, piece_size_for
+from common.identity import Identity, digest_from_hex, piece_size_for
 from common.index import Candidate, SourceKind
 
 
@@ -204,11 +204,5 @@ async def plan_from_metalink(client: HttpClient, path: str, sha256: bytes | None
 
 
 def parse_sha256(text: str) -> bytes:
-    """A 64-hex-digit SHA-256; raises ConfigError otherwise."""
-    try:
-        raw = bytes.fromhex(text.strip())
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError(f"--sha256 wants 64 hex digits, got {text!r}")
-    return raw
+    """The --sha256 flag: 64 hex digits; raises ConfigError otherwise."""
+    return digest_from_hex(text, "--sha256")

@@ -18,7 +18,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from common.errors import IntegrityError
+from common.errors import ConfigError, IntegrityError
 
 DIGEST_SIZE = 32
 MIN_PIECE = 256 * 1024
@@ -82,6 +82,17 @@ class Identity:
         if root_of(self.piece_size, piece_hashes) != self.root:
             raise IntegrityError("piece list does not hash to the content's root")
         return split_digests(piece_hashes)
+
+
+def digest_from_hex(text: str, what: str = "sha256") -> bytes:
+    """64 hex digits -> a 32-byte SHA-256; raises ConfigError naming `what` otherwise."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != DIGEST_SIZE:
+        raise ConfigError(f"{what} wants 64 hex digits, got {text!r}")
+    return raw
 
 
 def split_digests(blob: bytes) -> list[bytes]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from common import config as cfg
 from common.errors import ConfigError
+from common.identity import digest_from_hex
 from tracker import redis_store, validate
 
 
@@ -111,10 +112,4 @@ def _mirror(raw: Any, where: str) -> MirrorSpec:
 
 def parse_sha256(text: str) -> bytes:
     """64 hex digits -> 32 bytes; raises ConfigError."""
-    try:
-        raw = bytes.fromhex(text.strip())
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise ConfigError(f"sha256 must be 64 hex digits, got {text!r}")
-    return raw
+    return digest_from_hex(text, "sha256")
