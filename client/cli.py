@@ -19,12 +19,14 @@ import signal
 import sys
 import time
 
+from client import checksums, metalink
 from client import config as client_config
-from client import metalink
 from client.fetcher import Fetcher, Result, SourceReport, content_key
 from client.http import (
+    TRANSIENT_ERRORS,
     HttpClient,
     HttpOptions,
+    describe,
     origin,
     parse_header,
     strip_userinfo,
@@ -32,10 +34,12 @@ from client.http import (
 )
 from client.plan import (
     Plan,
+    name_from_url,
     parse_sha256,
     plan_from_metalink,
     plan_from_tracker,
     plan_from_urls,
+    safe_name,
 )
 from client.storage import PartFile
 from client.stream import stream_fetch
@@ -58,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", metavar="HEX",
                    help="the whole file's SHA-256: checked before the file is handed over, "
                         "and picks one version when holders disagree")
+    p.add_argument("--sha256-file", metavar="FILE | URL",
+                   help="take the expected SHA-256 from a checksum file (SHA256SUMS, GNU or "
+                        "BSD format), the entry for the file being fetched")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -146,6 +153,8 @@ async def _main(args: argparse.Namespace) -> int:
     for u in urls:
         if not u.startswith(("http://", "https://")):
             raise ConfigError(f"{u}: only http:// and https:// URLs are supported")
+    if args.sha256 and args.sha256_file:
+        raise ConfigError("give --sha256 or --sha256-file, not both")
     sha256 = parse_sha256(args.sha256) if args.sha256 else None
 
     loop = asyncio.get_running_loop()
@@ -160,6 +169,9 @@ async def _main(args: argparse.Namespace) -> int:
         async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
                               read_timeout=cfg.stall_timeout + 5,
                               per_host=cfg.max_connections_per_source + 1) as http:
+            if args.sha256_file:
+                target = name_from_url(urls[0]) if urls else safe_name(args.targets[0])
+                sha256 = await sums_digest(http, args.sha256_file, target)
             if meta:
                 plan = await plan_from_metalink(http, meta, sha256)
             elif urls:
@@ -186,6 +198,24 @@ async def _main(args: argparse.Namespace) -> int:
         print(f"{result.path}: {result.size} bytes in {result.seconds:.1f}s "
               f"({', '.join(result.verified)}; {checked})", file=sys.stderr)
     return 0
+
+
+async def sums_digest(http: HttpClient, where: str, name: str) -> bytes:
+    """The expected digest of `name` from a checksum file or URL; raises ConfigError."""
+    if "://" in where:
+        try:
+            async with http.get(where) as resp:
+                if resp.status != 200:
+                    raise ConfigError(f"{where}: answered {resp.status}")
+                raw = await resp.content.read(checksums.MAX_BYTES)
+        except TRANSIENT_ERRORS as e:
+            raise ConfigError(f"{where}: {describe(e)}") from None
+    else:
+        try:
+            raw = await asyncio.to_thread(checksums.read_head, where)
+        except OSError as e:
+            raise ConfigError(f"cannot read {where}: {e.strerror}") from None
+    return checksums.pick(checksums.parse(raw.decode("utf-8", "replace")), name, where)
 
 
 def output_path(option: str | None, plan: Plan, force: bool) -> pathlib.Path:

@@ -197,3 +197,25 @@ def test_compressed_body_despite_identity_is_decoded(tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == data
     assert "decoded" in r.stderr
+
+
+def test_checksum_file_gives_the_digest_and_drives_repair(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=26)
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text(f"{'ab' * 32}  other.iso\n{hashlib.sha256(data).hexdigest()} *file.bin\n")
+    with FaultyServer(data, lie=True) as liar, FaultyServer(data) as honest:
+        r = mfetch(liar.url, honest.url, "-o", str(tmp_path / "out"), "--json",
+                   "--sha256-file", str(sums))
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / "out").read_bytes() == data
+        assert "wrong bytes" in by_url(json.loads(r.stdout), liar.url)["dropped_reason"]
+        bsd = tmp_path / "bsd.sums"
+        bsd.write_text("SHA256 (file.bin) = " + "00" * 32 + "\nSHA256 (x) = " + "11" * 32)
+        r = mfetch(honest.url, "-o", str(tmp_path / "o2"), "--sha256-file", str(bsd))
+        assert r.returncode == 1 and "sha256" in r.stderr  # a wrong digest is caught
+        r = mfetch(honest.url, "-o", str(tmp_path / "o3"), "--sha256-file", str(sums.parent / "no"))
+        assert r.returncode == 1 and "cannot read" in r.stderr
+        none = tmp_path / "none.sums"
+        none.write_text(f"{'ab' * 32}  a.iso\n{'cd' * 32}  b.iso\n")
+        r = mfetch(honest.url, "-o", str(tmp_path / "o4"), "--sha256-file", str(none))
+        assert r.returncode == 1 and "no SHA-256 for 'file.bin'" in r.stderr
