@@ -13,8 +13,10 @@ from the event loop thread; each access is one indexed row.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import multiprocessing
 import os
+import signal
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -163,7 +165,8 @@ class HashCache:
         if self._pool is None:
             # spawn, not fork: the parent runs gRPC threads, which fork does not survive.
             self._pool = ProcessPoolExecutor(
-                self._workers, mp_context=multiprocessing.get_context("spawn")
+                self._workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with_parent,
             )
         return self._pool
 
@@ -171,3 +174,23 @@ class HashCache:
 def now_ns() -> int:
     """Wall-clock time in ns, comparable to st_mtime_ns."""
     return time.time_ns()
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: end with the agent, even when it is SIGKILLed.
+
+    Pool workers wait on a pipe and would otherwise outlive a killed agent
+    (each holding tens of MiB). On Linux the kernel delivers SIGKILL to the
+    worker when the thread that spawned it dies; the pool spawns from the
+    event loop's thread, which lives as long as the agent.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: no such guard
+    if os.getppid() == 1:  # the agent died before we got here
+        os._exit(0)
+
+
+PR_SET_PDEATHSIG = 1

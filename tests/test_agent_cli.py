@@ -137,3 +137,47 @@ async def test_agent_reannounces_after_tracker_restart(procs, tmp_path) -> None:
     assert agent.stop() == 0
     out = agent.output()
     assert out.count("registered as") >= 2 and "Traceback" not in out
+
+
+def test_hash_workers_die_with_a_sigkilled_agent(procs, tmp_path) -> None:
+    import pathlib
+    import signal as _signal
+    import time as _time
+
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "f.bin").write_bytes(b"x" * 1_000_000)
+    os.utime(share / "f.bin", (1, 1))
+    agent = procs.agent(share, "127.0.0.1:9", tmp_path / "st", "--settle-seconds", "0",
+                        "--rescan-seconds", "0.5")
+    pid = agent.popen.pid
+
+    def children() -> set[int]:
+        kids: set[int] = set()
+        for task in pathlib.Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                kids |= {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                pass
+        return kids
+
+    deadline = _time.monotonic() + 60
+    while not children() and _time.monotonic() < deadline:
+        _time.sleep(0.1)
+    workers = children()
+    assert workers, "the agent never started its hash workers"
+    agent.kill(_signal.SIGKILL)
+    deadline = _time.monotonic() + 30
+    while _time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") and
+                                               "Z" not in _state(w) for w in workers):
+        _time.sleep(0.1)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in _state(w)]
+    assert not alive, f"hash workers outlived the agent: {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
