@@ -8,6 +8,8 @@ file with byte ranges, and misbehaves on purpose.
     FaultyServer(data, change_after=K)     from request K on, serve other content (new ETag)
     FaultyServer(data, shift_range=D)      answer with a Content-Range D bytes off
     FaultyServer(data, extra=N)            send N bytes more than the range asked for
+    FaultyServer(data, total_shift=D)      after the first answer, claim a total size D bytes off
+    FaultyServer(data, huge_header=N)      add an N-byte header to every answer
     FaultyServer(data, gzip=True)          gzip-encode every body despite Accept-Encoding
     FaultyServer(data, auth=(USER, PW))    401 unless basic auth with these credentials
     FaultyServer(data, cookie=(NAME, V))   403 unless this cookie is sent
@@ -40,12 +42,14 @@ class FaultyServer:
                  lie: bool = False, change_after: int | None = None, shift_range: int = 0,
                  extra: int = 0, gzip: bool = False, auth: tuple[str, str] | None = None,
                  cookie: tuple[str, str] | None = None, redirect_to: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, total_shift: int = 0,
+                 huge_header: int = 0) -> None:
         self.data = data
         self.cut_after, self.stall_after, self.trickle = cut_after, stall_after, trickle
         self.lie, self.change_after, self.shift_range = lie, change_after, shift_range
         self.extra, self.gzip = extra, gzip
         self.auth, self.cookie, self.redirect_to = auth, cookie, redirect_to
+        self.total_shift, self.huge_header = total_shift, huge_header
         self.requests = 0
         self.sent = 0
         self.headers_seen: list[dict[str, str]] = []
@@ -93,8 +97,11 @@ class FaultyServer:
         if self.lie:
             body = bytes(b ^ 0xFF for b in body)
         if span:
+            total = len(data) + (self.total_shift if self.requests > 1 else 0)
             headers["Content-Range"] = content_range(start + self.shift_range,
-                                                     end + self.shift_range, len(data))
+                                                     end + self.shift_range, total)
+        if self.huge_header:
+            headers["X-Padding"] = "x" * self.huge_header
         if self.extra:
             body += data[end:end + self.extra] or b"\0" * self.extra
         if self.gzip:

@@ -219,3 +219,23 @@ def test_checksum_file_gives_the_digest_and_drives_repair(tmp_path):
         none.write_text(f"{'ab' * 32}  a.iso\n{'cd' * 32}  b.iso\n")
         r = mfetch(honest.url, "-o", str(tmp_path / "o4"), "--sha256-file", str(none))
         assert r.returncode == 1 and "no SHA-256 for 'file.bin'" in r.stderr
+
+
+def test_total_size_changing_between_answers_drops_the_source(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=27)
+    with FaultyServer(data, total_shift=4096) as shifty, \
+            FaultyServer(data, trickle=SLOW) as good:
+        s = fetch_ok(tmp_path, shifty.url, good.url)
+    assert (tmp_path / "out").read_bytes() == data
+    bad = by_url(s, shifty.url)
+    assert bad["dropped"] and "bytes" in bad["dropped_reason"] and bad["pieces"] == 0
+
+
+def test_enormous_response_headers_fail_that_source_only(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=28)
+    with FaultyServer(data, huge_header=200_000) as noisy, FaultyServer(data) as good:
+        out = tmp_path / "out"
+        r = mfetch(noisy.url, good.url, "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert "leaving out" in r.stderr  # the probe already refused the 200 KB header
