@@ -365,3 +365,17 @@ def test_progress_display_on_a_terminal(tmp_path):
     text = seen.decode(errors="replace")
     assert "ETA" in text and "MiB/s" in text and "127.0.0.1" in text
     assert (tmp_path / "o").read_bytes() == data
+
+
+def test_output_folder_missing_or_not_a_folder(tmp_path):
+    data = make_file(tmp_path / "www" / "a.bin", 100_000, seed=9)
+    (tmp_path / "file").write_bytes(b"x")
+    with nginx(tmp_path / "www") as base:
+        assert_one_line_error(mfetch(f"{base}/a.bin", "-o", str(tmp_path / "no" / "out")),
+                              "does not exist")
+        assert_one_line_error(mfetch(f"{base}/a.bin", "-o", str(tmp_path / "file" / "out")),
+                              "does not exist")
+        (tmp_path / "dl").mkdir()
+        r = mfetch(f"{base}/a.bin", "-o", str(tmp_path / "dl"), "-q")
+        assert r.returncode == 0, r.stderr  # an existing folder: saved inside it by name
+    assert (tmp_path / "dl" / "a.bin").read_bytes() == data
