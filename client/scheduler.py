@@ -253,6 +253,15 @@ class Scheduler:
     def is_done(self, piece: int) -> bool:
         return bool(self.done[piece])
 
+    def may_write(self, request: int, piece: int) -> bool:
+        """Whether `request` is the one streaming request that may write `piece` now."""
+        return not self.done[piece] and self.owner[piece] == request
+
+    def connection_rate(self, conn: int) -> float:
+        """The measured bytes/s of a connection (0 when unknown)."""
+        c = self.conns.get(conn)
+        return c.meter.value(self.clock()) if c else 0.0
+
     def stats(self, source: int) -> SourceStats:
         s = self.sources[source]
         return SourceStats(s.bytes, s.pieces, s.failures, s.dropped, len(s.conns))
@@ -316,9 +325,10 @@ class Scheduler:
                 continue
             if r.buffered or r.end <= piece + 1:
                 out += self._end_request(r, Cancel(r.id, f"piece {piece} arrived elsewhere first"))
-            else:
-                # A streaming owner skips the finished piece and carries on.
-                r.cursor, r.got_in_cursor = max(r.cursor, piece + 1), 0
+            elif r.cursor == piece:
+                # A streaming owner that is on the finished piece skips it and carries on;
+                # one still below it will pass over it (its sink writes nothing there).
+                r.cursor, r.got_in_cursor = piece + 1, 0
         if self.left == 0:
             self.finished = True
             out += [Cancel(r.id, "download complete") for r in list(self.requests.values())
@@ -392,8 +402,11 @@ class Scheduler:
         if self._low >= self.pieces:
             return None
         first = self._low
-        if not src.ranges:
-            return first, self.pieces  # a source without ranges streams everything left
+        if not src.ranges:  # streams from the start: as far as nobody else owns
+            end = first
+            while end < self.pieces and (self.done[end] or self.owner[end] == NO_OWNER):
+                end += 1
+            return first, end
         rate = self._conn_rate(conn, now)
         want = rate * self.cfg.request_seconds
         # Never more than this connection's share of what is left, so the tail is short.
@@ -491,7 +504,7 @@ class Scheduler:
         conn = self.conns.get(req.conn)
         if conn is not None and conn.request == req.id:
             conn.request = None
-        for p in range(req.cursor, req.end):
+        for p in range(req.first, req.end):  # by ownership: a cursor can never orphan a piece
             if self.owner[p] == req.id:
                 self.owner[p] = NO_OWNER
                 self._low = min(self._low, p)

@@ -138,3 +138,53 @@ def test_ranges_ignored_by_the_only_source_streams_everything() -> None:
     actions = s.handle(ev.ConnectionIdle(conns[0].conn)) + s.handle(ev.ConnectionIdle(conns[1].conn))
     fetches = [a for a in actions if isinstance(a, ev.Fetch)]
     assert len(fetches) == 1 and (fetches[0].first, fetches[0].end) == (0, 8)
+
+
+def test_a_duplicate_winning_ahead_of_its_new_owner_orphans_nothing() -> None:
+    """Regression: a buffered copy of piece 5 won while the owner was still at piece 2;
+    the owner's cursor jumped past 2..4, and when it failed those stayed owned forever."""
+    from client.scheduler import NO_OWNER
+
+    t = [0.0]
+    s = Scheduler(10, PIECE, 10 * PIECE, 3, clock=lambda: t[0])
+    c = [a.conn for a in s.start()]
+    e = s._fetch(s.conns[c[2]], 0, 2, buffered=False).request
+    d = s._fetch(s.conns[c[1]], 2, 5, buffered=False).request
+    a = s._fetch(s.conns[c[0]], 5, 6, buffered=False).request
+    f = s._fetch(s.conns[c[3]], 6, 10, buffered=False).request
+    for now in (0.0, 1.0):
+        t[0] = now
+        s.handle(ev.BytesReceived(a, 1000))
+        s.handle(ev.BytesReceived(d, 5000 * PIECE))
+    dup = s.handle(ev.ConnectionIdle(c[5]))[0]
+    assert isinstance(dup, ev.Fetch) and dup.buffered and dup.first == 5
+    for r in (d, a, f):
+        s.handle(ev.RequestEnded(r, ev.Fault(ev.FaultKind.TRANSIENT, "reset")))
+    t[0] = 30.0
+    claim = s.handle(ev.ConnectionIdle(c[1]))[0]
+    assert isinstance(claim, ev.Fetch) and claim.first == 2 and claim.end > 5
+    s.handle(ev.PieceDone(dup.request, 5))  # the copy wins while the owner is at piece 2
+    s.handle(ev.RequestEnded(claim.request, ev.Fault(ev.FaultKind.TRANSIENT, "reset")))
+    orphans = [p for p in range(10) if not s.done[p] and s.owner[p] != NO_OWNER
+               and s.owner[p] not in s.requests]
+    assert orphans == [] and e in s.requests
+
+
+def test_sources_without_ranges_never_share_a_piece() -> None:
+    """Regression: a retried no-ranges request claimed pieces another one was streaming."""
+    t = [0.0]
+    s = Scheduler(10, PIECE, 10 * PIECE, 2, clock=lambda: t[0])
+    for src in s.sources:
+        src.ranges, src.max_connections = False, 1
+    c0, c1 = [a.conn for a in s.start()]
+
+    def fetch(conn: int) -> ev.Fetch:
+        return next(a for a in s.handle(ev.ConnectionIdle(conn)) if isinstance(a, ev.Fetch))
+
+    r0, r1 = fetch(c0), fetch(c1)  # the second splits the first's range
+    s.handle(ev.RequestEnded(r0.request, ev.Fault(ev.FaultKind.TRANSIENT, "reset")))
+    t[0] = 30.0
+    r2 = fetch(c0)
+    mine = {p for p in range(10) if s.may_write(r2.request, p)}
+    theirs = {p for p in range(10) if s.may_write(r1.request, p)}
+    assert not mine & theirs
