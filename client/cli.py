@@ -26,9 +26,11 @@ from client.http import (
     TRANSIENT_ERRORS,
     HttpClient,
     HttpOptions,
+    check_url,
     describe,
     origin,
     parse_header,
+    read_body,
     strip_userinfo,
     url_credentials,
 )
@@ -151,8 +153,7 @@ async def _main(args: argparse.Namespace) -> int:
     if not urls and len(args.targets) > 1:
         raise ConfigError("give one NAME at a time (several URLs are mirrors of one file)")
     for u in urls:
-        if not u.startswith(("http://", "https://")):
-            raise ConfigError(f"{u}: only http:// and https:// URLs are supported")
+        check_url(u)
     if args.sha256 and args.sha256_file:
         raise ConfigError("give --sha256 or --sha256-file, not both")
     sha256 = parse_sha256(args.sha256) if args.sha256 else None
@@ -207,7 +208,7 @@ async def sums_digest(http: HttpClient, where: str, name: str) -> bytes:
             async with http.get(where) as resp:
                 if resp.status != 200:
                     raise ConfigError(f"{where}: answered {resp.status}")
-                raw = await resp.content.read(checksums.MAX_BYTES)
+                raw = await read_body(resp, checksums.MAX_BYTES)
         except TRANSIENT_ERRORS as e:
             raise ConfigError(f"{where}: {describe(e)}") from None
     else:

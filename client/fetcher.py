@@ -112,7 +112,7 @@ class PieceSink:
                 self.hasher.update(part)
             if self.buf is not None:
                 self.buf += part
-            elif not sched.is_done(self.piece):
+            elif sched.may_write(self.req.request, self.piece):
                 store.pwrite(self.pos, part)
             self.pos += len(part)
             counted += len(part)
@@ -195,6 +195,10 @@ class Fetcher:
         try:
             self._execute(self.sched.start())
             failure = await self.outcome
+        except BaseException:
+            if digest:
+                digest.cancel()
+            raise
         finally:
             ticker.cancel()
             for t in [*self.workers.values(), *self.running.values()]:
@@ -210,6 +214,9 @@ class Fetcher:
             return ""
         self.pieces_changed.set()
         sha = await digest
+        if sha != self.plan.sha256 and self.plan.piece_hashes is None:
+            # Without piece hashes "done" only meant "received": never resume from it.
+            await asyncio.to_thread(self.store.forget)
         if sha != self.plan.sha256 and self.plan.piece_hashes is None and len(self.sources) > 1:
             log.warning("the file's sha256 does not match: finding which source lied")
             urls = [s.url for s in self.sources]
@@ -326,11 +333,13 @@ class Fetcher:
                 elif resp.content_length not in (None, plan.size):
                     return ev.Fault(ev.FaultKind.FATAL,
                                     f"now says the file has {resp.content_length} bytes")
+                elif src.validator and validator_of(resp.headers) not in ("", src.validator):
+                    return ev.Fault(ev.FaultKind.FATAL, "the file changed on the server")
                 sink = PieceSink(self, f, skip=0 if ranged else start)
                 lowat = _LowWater(resp)
                 try:
                     while True:
-                        lowat.update()
+                        lowat.update(self.sched.connection_rate(f.conn))
                         chunk = await resp.content.readany()
                         if not chunk:
                             break
@@ -410,9 +419,10 @@ class _LowWater:
 
     Over a slow or shaped link the kernel would report the socket readable for
     every few kilobytes, and each wake-up costs far more in Python than the
-    bytes it carries. SO_RCVLOWAT makes epoll wait for LOWAT bytes; it is kept at
-    most what is left of this response, so the tail can never get stuck below
-    the mark, and reset to 1 before the connection goes back to the pool.
+    bytes it carries. SO_RCVLOWAT makes epoll wait for more; the mark is kept at
+    most what is left of this response (the tail can never get stuck below it)
+    and ~50 ms of the connection's measured rate (a slow source never looks
+    stalled), and reset to 1 before the connection goes back to the pool.
     """
 
     LOWAT = 256 * 1024
@@ -428,11 +438,13 @@ class _LowWater:
                 and transport.get_extra_info("sslcontext") is None:
             self.sock = transport.get_extra_info("socket")
 
-    def update(self) -> None:
+    def update(self, rate: float) -> None:
+        """Set the mark for what is left of the body and the connection's `rate` (B/s)."""
         if self.sock is None or self.length is None:
             return
         left = self.length - self.content.total_bytes
-        want = max(1, min(self.LOWAT, left))
+        # At most ~50 ms of the measured rate: a slow source must never look stalled.
+        want = max(1, min(self.LOWAT, left, int(rate * 0.05)))
         if want != self.current:
             self._set(want)
 

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import http.cookiejar
+import http.cookies
 import netrc
 import ssl
 import time
@@ -169,11 +170,24 @@ def basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
+def check_url(url: str) -> None:
+    """Raise ConfigError for a URL mfetch cannot use (scheme, host, port)."""
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError as e:
+        raise ConfigError(f"{url}: {e}") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"{url}: only http:// and https:// URLs with a host are supported")
+
+
 def strip_userinfo(url: str) -> str:
     u = urlsplit(url)
     if u.username is None and u.password is None:
         return url
     host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
     netloc = host if u.port is None else f"{host}:{u.port}"
     return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
 
@@ -209,7 +223,26 @@ def _load_cookies(jar: aiohttp.CookieJar, path: str) -> None:
             continue
         host = c.domain.lstrip(".")
         scheme = "https" if c.secure else "http"
-        jar.update_cookies({c.name: c.value or ""}, response_url=URL(f"{scheme}://{host}{c.path}"))
+        morsel: http.cookies.Morsel[str] = http.cookies.Morsel()
+        morsel.set(c.name, c.value or "", c.value or "")
+        morsel["path"] = c.path or "/"
+        if c.domain.startswith("."):
+            morsel["domain"] = c.domain  # the cookie's subdomains too, as the file says
+        if c.secure:
+            morsel["secure"] = True  # never over plain HTTP
+        jar.update_cookies({c.name: morsel}, response_url=URL(f"{scheme}://{host}{c.path}"))
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first limit + 1 bytes if it is longer (so callers can
+    tell "too long"). aiohttp's read(n) returns what is buffered, not n bytes."""
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await resp.content.readany()
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data[: limit + 1])
 
 
 @dataclass(frozen=True, slots=True)

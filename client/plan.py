@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from client import metalink
-from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe
+from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe, read_body
 
 if TYPE_CHECKING:
     from common.tracker_client import TrackerClient
@@ -55,7 +55,9 @@ def safe_name(raw: str, fallback: str = "download") -> str:
     base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
     if base in ("", ".", ".."):
         return fallback
-    return base[:255]
+    while len(base.encode()) > 200:  # room for .part and .mfetch.tmp in a 255-byte name
+        base = base[:-1]
+    return base
 
 
 def name_from_url(url: str) -> str:
@@ -116,8 +118,7 @@ async def fetch_piece_list(client: HttpClient, content: Identity,
                 if resp.status != 200:
                     errors.append(f"{url}: answered {resp.status}")
                     continue
-                limit = content.pieces * 32
-                blob = await resp.content.read(limit + 1)
+                blob = await read_body(resp, content.pieces * 32)
             return content.check_piece_list(blob)
         except IntegrityError as e:
             errors.append(f"{url}: {e}")
@@ -144,7 +145,9 @@ async def plan_from_urls(client: HttpClient, urls: list[str], sha256: bytes | No
         elif isinstance(r, BaseException):
             raise r
         else:
-            probes.append(r)
+            # The source stays the URL the user gave: a redirect target may be signed
+            # and expire, and each request follows the redirects afresh.
+            probes.append(dataclasses.replace(r, url=url))
     if not probes:
         raise SourceError(failures[0] if len(failures) == 1 else
                           "no mirror answered: " + "; ".join(failures))

@@ -25,9 +25,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from client.http import TRANSIENT_ERRORS, HttpClient, describe
+from client.http import TRANSIENT_ERRORS, HttpClient, describe, read_body
 from client.storage import PartFile
-from common.errors import IntegrityError, SourceError
+from common.errors import IntegrityError, SourceError, StorageError
 
 log = logging.getLogger("mfetch")
 
@@ -48,7 +48,10 @@ async def repair(http: HttpClient, store: PartFile, urls: Sequence[str], size: i
     if len(urls) < 2:
         raise IntegrityError("only one source: no other copy to compare its pieces with")
     scratch_path = store.part.with_name(store.part.name + ".repair")
-    fd = os.open(scratch_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(scratch_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise StorageError(f"cannot write {scratch_path}: {e.strerror}") from None
     try:
         others = await _second_copies(http, store, fd, urls, size, piece_size, delivered_by)
 
@@ -101,12 +104,7 @@ async def _second_copies(http: HttpClient, store: PartFile, fd: int, urls: Seque
                 async with gate, http.get(urls[src], {"Range": f"bytes={start}-{end - 1}"}) as r:
                     if r.status != 206:
                         continue
-                    data = bytearray()
-                    while len(data) <= end - start:  # never more than one byte too many
-                        chunk = await r.content.readany()
-                        if not chunk:
-                            break
-                        data += chunk
+                    data = await read_body(r, end - start)
                 if len(data) == end - start:
                     os.pwrite(fd, data, start)
                     got[p] = src
@@ -115,7 +113,14 @@ async def _second_copies(http: HttpClient, store: PartFile, fd: int, urls: Seque
                 log.debug("repair: %s: %s", urls[src], describe(e))
         raise SourceError(f"no other source would send bytes {start}-{end - 1} again")
 
-    await asyncio.gather(*(one(p) for p in range(len(delivered_by))))
+    tasks = [asyncio.ensure_future(one(p)) for p in range(len(delivered_by))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:  # none may write to the scratch file once it is closed
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return got
 
 

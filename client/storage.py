@@ -73,7 +73,7 @@ class PartFile:
         self.done = bytearray(pieces)
         had_part = self.part.exists()
         try:
-            self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+            self.fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
         try:
@@ -154,6 +154,12 @@ class PartFile:
             raise StorageError(f"cannot flush {self.part}: {e.strerror}") from None
         self._write_control(snap)
         self.flushed = snap
+
+    def forget(self) -> None:
+        """Stop vouching for any piece (their bytes proved wrong as a whole)."""
+        self.done[:] = bytes(self.pieces)
+        self.flushed = bytes(self.done)
+        self._write_control(self.flushed)
 
     def finish(self) -> pathlib.Path:
         """Flush, rename OUT.part to OUT atomically, drop the control file."""

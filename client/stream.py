@@ -57,9 +57,14 @@ async def stream_fetch(http: HttpClient, url: str, out: pathlib.Path,
                 chunk = await resp.content.read(CHUNK)
                 if not chunk:
                     break
-                data = decoder.decompress(chunk) if decoder else chunk
-                size += _write(fd, part, data)
-                h.update(data)
+                while chunk:  # at most CHUNK decoded bytes at a time: no bomb in memory
+                    if decoder:
+                        data = decoder.decompress(chunk, CHUNK)
+                        chunk = decoder.unconsumed_tail
+                    else:
+                        data, chunk = chunk, b""
+                    size += _write(fd, part, data)
+                    h.update(data)
             if decoder is not None:
                 tail = decoder.flush()
                 size += _write(fd, part, tail)

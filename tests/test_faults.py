@@ -239,3 +239,40 @@ def test_enormous_response_headers_fail_that_source_only(tmp_path):
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == data
     assert "leaving out" in r.stderr  # the probe already refused the 200 KB header
+
+
+def test_a_whole_file_mismatch_is_not_resumed_from(tmp_path):
+    """Regression: after a mismatch, the pieces nothing had verified were vouched for,
+    so the next run resumed from the bad bytes and failed again forever."""
+    data = make_file(tmp_path / "d", 1 * MiB, seed=29)
+    out = tmp_path / "out"
+    sha = hashlib.sha256(data).hexdigest()
+    with FaultyServer(data, lie=True) as server:
+        r = mfetch(server.url, "-o", str(out), "--sha256", sha)
+        assert r.returncode == 1 and "sha256" in r.stderr
+        server.lie = False  # the mirror is fixed
+        r = mfetch(server.url, "-o", str(out), "--sha256", sha)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+
+
+def test_a_slow_source_is_never_taken_for_stalled(tmp_path):
+    """Regression: SO_RCVLOWAT at 256 KiB kept a 64 KiB/s source silent past the stall
+    timeout; the mark now follows the connection's measured rate."""
+    data = make_file(tmp_path / "d", 384 * 1024, seed=30)
+    # 64 KiB every second: a 256 KiB mark would keep the socket quiet for 3 s or more.
+    with FaultyServer(data, trickle=64 * 1024) as slow:
+        s = fetch_ok(tmp_path, slow.url, extra=("--stall-timeout", "2", "--connections", "1",
+                                                "--max-connections", "1"))
+    assert (tmp_path / "out").read_bytes() == data
+    assert s["sources"][0]["failures"] == 0
+
+
+def test_a_redirecting_mirror_stays_the_url_the_user_gave(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB, seed=31)
+    with FaultyServer(data) as target, FaultyServer(data, redirect_to="") as front:
+        front.redirect_to = target.url  # e.g. a signed URL that may expire
+        s = fetch_ok(tmp_path, front.url)
+        assert front.requests >= 2  # every request went through the redirect again
+    assert s["sources"][0]["url"] == front.url
+    assert (tmp_path / "out").read_bytes() == data

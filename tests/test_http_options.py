@@ -148,3 +148,23 @@ def test_socks5_proxy(tmp_path, data):
 ])
 def test_bad_http_options(tmp_path, flags, words):
     one_line_error(mfetch("http://127.0.0.1:9/x", "-o", str(tmp_path / "o"), *flags), *words)
+
+
+def test_secure_cookies_are_never_sent_over_plain_http(tmp_path, data):
+    jar = tmp_path / "cookies.txt"
+    jar.write_text("# Netscape HTTP Cookie File\n"
+                   "127.0.0.1\tFALSE\t/\tTRUE\t0\tsession\tabc123\n")  # Secure
+    with FaultyServer(data, cookie=("session", "abc123")) as s:
+        one_line_error(mfetch(s.url, "-o", str(tmp_path / "o"), "--cookie", str(jar)), "403")
+    assert all("session" not in h.get("Cookie", "") for h in s.headers_seen)
+
+
+@pytest.mark.parametrize("url,words", [
+    ("http://127.0.0.1:99999/f", ["Port"]),
+    ("http://u:p@[::1]:9/f", []),  # IPv6 with credentials: a clean network error
+    ("http:///nohost", ["host"]),
+])
+def test_odd_urls_are_one_line_errors(tmp_path, url, words):
+    r = mfetch(url, "-o", str(tmp_path / "o"))
+    one_line_error(r, *words)
+    assert "p@" not in r.stderr

@@ -75,3 +75,30 @@ def test_client_rejects_a_served_piece_list_not_matching_the_root() -> None:
         asyncio.run(run())
     finally:
         server.close()
+
+
+def test_a_long_piece_list_is_read_whole() -> None:
+    """Regression: read(n) returned only what was buffered (64 KiB), so any file of more
+    than 2048 pieces (over 512 MiB) could not be fetched by name."""
+    hashes = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(4096))
+    ident = Identity(4096 * MIN_PIECE, bytes(32), MIN_PIECE, root_of(MIN_PIECE, hashes))
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for i in range(0, len(hashes), 10_000):  # in small writes, as a network delivers
+            await resp.write(hashes[i:i + 10_000])
+        return resp
+
+    server = AppServer(serve)
+
+    async def run() -> None:
+        async with HttpClient(HttpOptions(), connect_timeout=5, read_timeout=10,
+                              per_host=2) as http:
+            got = await fetch_piece_list(http, ident, [f"{server.url}/pieces"])
+            assert len(got) == 4096
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.close()
