@@ -362,9 +362,14 @@ class Fetcher:
             self.emit(ev.Tick())
             if self.on_progress:
                 self.on_progress(self)
-            if time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
+            idle = self._flushing is None or self._flushing.done()
+            if idle and time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY:
+                # In the background: a slow fdatasync must not hold up stall detection.
                 last_checkpoint = time.monotonic()
-                await self._checkpoint()
+                snap = self.store.snapshot()
+                if snap is not None:
+                    self._flushing = asyncio.ensure_future(
+                        asyncio.to_thread(self.store.checkpoint, snap))
 
     async def _checkpoint(self) -> None:
         """Flush and vouch for the verified pieces, off the event loop.
