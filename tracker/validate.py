@@ -3,7 +3,7 @@ cleaned value or raise :class:`Invalid` with a message fit to show the caller.""
 from __future__ import annotations
 
 import posixpath
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from common.identity import DIGEST_SIZE, piece_size_for
 
@@ -28,24 +28,8 @@ def agent_id(value: str) -> str:
     return value
 
 
-def base_url(value: str) -> str:
-    """An agent's base URL: http(s)://host[:port], nothing after it but an optional '/'."""
-    if len(value) > MAX_URL:
-        raise Invalid(f"base_url is longer than {MAX_URL} characters")
-    try:
-        u = urlsplit(value)
-        port = u.port  # raises ValueError when out of range or not a number
-    except ValueError:
-        raise Invalid(f"base_url {value!r} is not a valid URL") from None
-    if (u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/")
-            or u.query or u.fragment or u.username is not None or port == 0
-            or not value.isprintable() or len(value) > MAX_URL):
-        raise Invalid(f"base_url {value!r} must look like http://HOST[:PORT]")
-    return value.rstrip("/")
-
-
-def http_url(value: str, what: str = "url") -> str:
-    """A mirror's URL: http or https with a host."""
+def _split_url(value: str, what: str) -> SplitResult:
+    """Length-checked urlsplit whose port is known to parse; raises Invalid."""
     if len(value) > MAX_URL:
         raise Invalid(f"{what} is longer than {MAX_URL} characters")
     try:
@@ -53,6 +37,22 @@ def http_url(value: str, what: str = "url") -> str:
         _ = u.port  # raises ValueError when out of range or not a number
     except ValueError:
         raise Invalid(f"{what} {value!r} is not a valid URL") from None
+    return u
+
+
+def base_url(value: str) -> str:
+    """An agent's base URL: http(s)://host[:port], nothing after it but an optional '/'."""
+    u = _split_url(value, "base_url")
+    if (u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/")
+            or u.query or u.fragment or u.username is not None or u.port == 0
+            or not value.isprintable()):
+        raise Invalid(f"base_url {value!r} must look like http://HOST[:PORT]")
+    return value.rstrip("/")
+
+
+def http_url(value: str, what: str = "url") -> str:
+    """A mirror's URL: http or https with a host."""
+    u = _split_url(value, what)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise Invalid(f"{what} {value!r} must be an http:// or https:// URL")
     if not value.isprintable() or " " in value or len(value) > MAX_URL:
