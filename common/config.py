@@ -113,3 +113,8 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"bad {what} {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case); raises ConfigError naming `where`."""
+    return bool(_coerce(value, bool, where))

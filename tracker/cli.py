@@ -18,10 +18,12 @@ from collections.abc import Sequence
 # before the imports below. An explicit GRPC_VERBOSITY still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from common import config as common_config
+from common import security
 from common.errors import MfetchError
 from common.tracker_client import DEFAULT_ADDRESS, TrackerClient
+from tracker import auth, server
 from tracker import config as tconfig
-from tracker import server
 from tracker.redis_store import redact
 
 PROG = "tracker"
@@ -46,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lease-seconds", metavar="N", help="agent lease length (default 30)")
     s.add_argument("--heartbeat-seconds", metavar="N",
                    help="heartbeat interval told to agents (default 10)")
+    sec = s.add_argument_group("security (tokens: a file, or TRACKER_*_TOKEN in the "
+                               "environment; never the value on the command line)")
+    sec.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    sec.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    sec.add_argument("--tls-client-ca", metavar="FILE",
+                     help="require mutual TLS: clients must present a certificate this CA signed")
+    sec.add_argument("--agent-token-file", metavar="FILE",
+                     help="agents must send this token to register, announce and heartbeat")
+    sec.add_argument("--admin-token-file", metavar="FILE",
+                     help="`tracker mirror add|rm` must send this token")
+    sec.add_argument("--client-token-file", metavar="FILE",
+                     help="locate and mirror ls need this token (or the agent or admin one)")
 
     m = sub.add_parser("mirror", help="manage plain HTTP mirrors")
     msub = m.add_subparsers(dest="mirror_command", required=True, parser_class=_Parser)
@@ -61,7 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print a JSON list")
     for sp in (add, rm, ls):
         sp.add_argument("--tracker", metavar="HOST:PORT", help=tracker_help)
+        security.add_link_flags(sp, "a file holding the admin token (the client token "
+                                    "does for ls); also $TRACKER_ADMIN_TOKEN(_FILE)")
     return p
+
+
+SERVE_SECURITY_FLAGS = ("tls_cert", "tls_key", "tls_client_ca", "agent_token_file",
+                        "admin_token_file", "client_token_file")
+
+
+def serve_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The settings `tracker serve` takes from its flags (None = not given)."""
+    flags: dict[str, object] = {"listen": args.listen, "db": args.db,
+                                "lease_seconds": args.lease_seconds,
+                                "heartbeat_seconds": args.heartbeat_seconds}
+    flags.update({name: getattr(args, name) for name in SERVE_SECURITY_FLAGS})
+    return flags
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -83,9 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    cfg = tconfig.load(args.config, {"listen": args.listen, "db": args.db,
-                                     "lease_seconds": args.lease_seconds,
-                                     "heartbeat_seconds": args.heartbeat_seconds})
+    cfg = tconfig.load(args.config, serve_flags(args))
     running = await server.start(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +122,14 @@ async def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("tracker").info("store %s, lease %ds, heartbeat %ds, %d configured mirrors",
                                       redact(cfg.db), cfg.lease_seconds, cfg.heartbeat_seconds,
                                       len(cfg.mirrors))
+    tokens = cfg.tokens
+    logging.getLogger("tracker").info(
+        "TLS %s; tokens required for: %s",
+        ("on, mutual (client certificates required)" if cfg.tls_client_ca else "on")
+        if cfg.tls_cert else "off",
+        ", ".join(r for r in ("agent", "admin", "client") if getattr(tokens, r)) or "nothing")
+    for warning in auth.exposure_warnings(cfg.listen, bool(cfg.tls_cert), tokens):
+        logging.getLogger("tracker").warning("%s", warning)
     await stop.wait()
     logging.getLogger("tracker").info("stopping")
     await running.stop(grace=5.0)
@@ -103,7 +138,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _mirror(args: argparse.Namespace) -> int:
     address = args.tracker or os.environ.get("MFETCH_TRACKER") or DEFAULT_ADDRESS
-    async with TrackerClient(address) as client:
+    async with TrackerClient(address, link=_mirror_link(args)) as client:
         if args.mirror_command == "add":
             sha = tconfig.parse_sha256(args.sha256)
             await client.add_mirror(args.url, sha, name=args.name, size=args.size)
@@ -119,3 +154,19 @@ async def _mirror(args: argparse.Namespace) -> int:
                 for m in mirrors:
                     print(f"{m.sha256.hex()}  {m.size:>12}  {m.name}  {m.url}")
     return 0
+
+
+def _mirror_link(args: argparse.Namespace) -> security.TrackerLink:
+    """TLS and token for `tracker mirror`: flags, else MFETCH_TRACKER_TLS/_CA/_CERT/_KEY and
+    TRACKER_ADMIN_TOKEN or TRACKER_ADMIN_TOKEN_FILE from the environment."""
+    env = security.env_default
+    tls = args.tracker_tls
+    if tls is None and env("MFETCH_TRACKER_TLS"):
+        tls = common_config.parse_bool(env("MFETCH_TRACKER_TLS"), "MFETCH_TRACKER_TLS")
+    token_file = args.tracker_token_file or env("TRACKER_ADMIN_TOKEN_FILE")
+    token = None if args.tracker_token_file else env("TRACKER_ADMIN_TOKEN")
+    return security.link_from(argparse.Namespace(
+        tracker_tls=tls, tracker_ca=args.tracker_ca or env("MFETCH_TRACKER_CA"),
+        tracker_cert=args.tracker_cert or env("MFETCH_TRACKER_CERT"),
+        tracker_key=args.tracker_key or env("MFETCH_TRACKER_KEY"),
+        tracker_token=token, tracker_token_file=token_file), "admin token")

@@ -10,6 +10,9 @@ YAML example::
     db: /var/lib/mfetch/tracker.db   # or redis://HOST:PORT[/DB], shared by several trackers
     lease_seconds: 30
     heartbeat_seconds: 10
+    tls_cert: /etc/mfetch/tracker.crt     # TLS (with tls_key); tls_client_ca makes it mutual
+    tls_key: /etc/mfetch/tracker.key
+    agent_token_file: /etc/mfetch/agent.token   # or agent_token: VALUE (also admin_, client_)
     mirrors:
       - url: https://example.org/ubuntu.iso
         sha256: 3f5c...   # 64 hex digits
@@ -21,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common import config as cfg
 from common.errors import ConfigError
 from common.identity import digest_from_hex
-from tracker import redis_store, validate
+from tracker import auth, redis_store, validate
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,23 @@ class TrackerConfig:
     heartbeat_seconds: int = 10
     purge_after_seconds: int = 7 * 24 * 3600  # forget agents whose lease lapsed this long ago
     mirrors: tuple[MirrorSpec, ...] = ()
+    # Security (tracker/auth.py, SECURITY.md): TLS with a server certificate; a client CA
+    # makes mutual TLS required. Tokens: the value, or a file holding it (never a flag).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    agent_token: str | None = field(default=None, repr=False)
+    agent_token_file: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_file: str | None = None
+    client_token: str | None = field(default=None, repr=False)
+    client_token_file: str | None = None
+
+    @property
+    def tokens(self) -> auth.Tokens:
+        """The tokens resolved (files read); raises ConfigError."""
+        return auth.tokens_from({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                 if "token" in f.name})
 
 
 def load(config_file: str | os.PathLike[str] | None = None,
@@ -86,6 +106,13 @@ def check(c: TrackerConfig) -> TrackerConfig:
                           f"({c.lease_seconds}), got {c.heartbeat_seconds}")
     if c.purge_after_seconds < 0:
         raise ConfigError("purge_after_seconds must not be negative")
+    if bool(c.tls_cert) != bool(c.tls_key):
+        raise ConfigError("tls_cert and tls_key go together")
+    if c.tls_client_ca and not c.tls_cert:
+        raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    if c.tls_cert and c.tls_key:
+        auth.server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)  # files checked now
+    c.tokens  # noqa: B018  (reads and checks the token files now)
     return c
 
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.api import tracker_pb2_grpc as pb_grpc
 from common.errors import ConfigError, StorageError
+from tracker import auth
 from tracker.config import TrackerConfig
 from tracker.redis_store import RedisStore, is_redis_url, redact
 from tracker.service import DecodeErrors, TrackerServicer
@@ -96,7 +97,9 @@ async def start(config: TrackerConfig, store: Store | None = None,
     try:
         for m in config.mirrors:
             await store.put_mirror(MirrorRecord(m.url, m.name, m.sha256, m.size))
-        server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[DecodeErrors()],
+        # TokenCheck first: a caller without the token is refused before anything is decoded.
+        server = grpc.aio.server(options=GRPC_OPTIONS,
+                                 interceptors=[auth.TokenCheck(config.tokens), DecodeErrors()],
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         pb_grpc.add_TrackerServicer_to_server(
             TrackerServicer(store, lease_seconds=config.lease_seconds,
@@ -104,7 +107,11 @@ async def start(config: TrackerConfig, store: Store | None = None,
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
-            port = server.add_insecure_port(config.listen)
+            if config.tls_cert and config.tls_key:
+                port = server.add_secure_port(config.listen, auth.server_credentials(
+                    config.tls_cert, config.tls_key, config.tls_client_ca))
+            else:
+                port = server.add_insecure_port(config.listen)
         except RuntimeError:
             port = 0
         if port == 0:
