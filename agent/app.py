@@ -137,7 +137,7 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
-    runner = make_runner(inventory)
+    runner = make_runner(inventory, token=config.resolved_http_token())
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)
@@ -154,7 +154,7 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     reporter = None
     if report:
         if tracker is None:
-            tracker = owned = TrackerClient(config.tracker)
+            tracker = owned = TrackerClient(config.tracker, link=config.tracker_link())
         reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot)
         inventory.on_change = reporter.notify
     agent = RunningAgent(config, host, bound_port, base_url, agent_id, inventory, reporter,

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from agent import config as agent_config
 from agent.app import start
+from common import security
 from common.errors import MfetchError
 
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave files modified less than S seconds ago for a later scan "
                         "(default 2)")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sec = s.add_argument_group("security (tokens: a file, or AGENT_TRACKER_TOKEN / "
+                               "AGENT_HTTP_TOKEN in the environment; never on the command line)")
+    security.add_link_flags(sec, "a file holding the tracker's agent token")
+    sec.add_argument("--http-token-file", metavar="FILE",
+                     help="require `Authorization: Bearer TOKEN` (TOKEN from FILE) for the "
+                          "files and piece lists served; /healthz stays open")
     return p
 
 
@@ -82,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags = {"dir": args.dir, "tracker": args.tracker, "listen": args.listen,
                  "advertise": args.advertise, "state_dir": args.state_dir,
                  "hash_workers": args.hash_workers, "rescan_seconds": args.rescan_seconds,
-                 "settle_seconds": args.settle_seconds}
+                 "settle_seconds": args.settle_seconds, "http_token_file": args.http_token_file,
+                 **security.link_flags(args)}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

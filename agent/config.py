@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common import config as common_config
+from common import security
 from common.errors import ConfigError
 
 DEFAULT_TRACKER = "127.0.0.1:7700"
@@ -34,6 +35,11 @@ class AgentConfig:
     rescan_seconds  how often DIR is polled for changes (default 5)
     settle_seconds  a file modified less than this long ago is left for a later scan, so a
                     file still being written is not hashed over and over (default 2)
+    tracker_tls, tracker_ca, tracker_cert, tracker_key
+                    TLS to the tracker (system roots, or this CA bundle), and this agent's
+                    certificate and key for a tracker that requires mutual TLS
+    tracker_token(_file)  the tracker's agent token, sent with register/announce/heartbeat
+    http_token(_file)     required as `Authorization: Bearer TOKEN` on /files/ and /pieces/
     """
 
     dir: str = ""
@@ -44,6 +50,14 @@ class AgentConfig:
     hash_workers: int = 2
     rescan_seconds: float = 5.0
     settle_seconds: float = 2.0
+    tracker_tls: bool = False
+    tracker_ca: str | None = None
+    tracker_cert: str | None = None
+    tracker_key: str | None = None
+    tracker_token: str | None = field(default=None, repr=False)
+    tracker_token_file: str | None = None
+    http_token: str | None = field(default=None, repr=False)
+    http_token_file: str | None = None
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
@@ -62,7 +76,17 @@ class AgentConfig:
             raise ConfigError(f"rescan_seconds must be positive, got {self.rescan_seconds}")
         if self.settle_seconds < 0:
             raise ConfigError(f"settle_seconds must not be negative, got {self.settle_seconds}")
+        self.tracker_link()  # certificate and token files are checked now
+        self.resolved_http_token()
         return self
+
+    def tracker_link(self) -> security.TrackerLink:
+        """TLS and token for the tracker; raises ConfigError for a bad file or token."""
+        return security.link_from(self, "tracker_token")
+
+    def resolved_http_token(self) -> str | None:
+        """The token HTTP clients must send for data, None if open; raises ConfigError."""
+        return security.resolve_token(self.http_token, self.http_token_file, "http_token")
 
     @property
     def resolved_state_dir(self) -> str:

@@ -49,6 +49,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from agent.hashcache import StatKey
+from agent.http_auth import require_token
 from agent.inventory import Inventory, inside, is_shareable_name
 from common import agent_api
 from common.http_ranges import content_range, parse_range
@@ -216,15 +217,16 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_runner(inventory: Inventory) -> web.AppRunner:
-    """An AppRunner for make_app(inventory) with the agent's connection bounds."""
-    return web.AppRunner(make_app(inventory), access_log=None,
+def make_runner(inventory: Inventory, token: str | None = None) -> web.AppRunner:
+    """An AppRunner for make_app(inventory, token) with the agent's connection bounds."""
+    return web.AppRunner(make_app(inventory, token), access_log=None,
                          keepalive_timeout=KEEPALIVE_TIMEOUT)
 
 
-def make_app(inventory: Inventory) -> web.Application:
-    """The aiohttp application serving `inventory.root` and the pieces it holds."""
-    app = web.Application()
+def make_app(inventory: Inventory, token: str | None = None) -> web.Application:
+    """The aiohttp application serving `inventory.root` and the pieces it holds;
+    with `token`, every path but the open ones (agent.http_auth) needs it."""
+    app = web.Application(middlewares=[require_token(token)] if token else [])
     app[_INVENTORY] = inventory
     app.router.add_get(agent_api.FILES_PREFIX + "{tail:.*}", handle_file)  # GET and HEAD
     app.router.add_get(agent_api.PIECES_PREFIX + "{sha256}", handle_pieces)

@@ -45,6 +45,7 @@ from client.plan import (
 )
 from client.storage import PartFile
 from client.stream import stream_fetch
+from common import security
 from common.errors import ConfigError, MfetchError, StorageError
 
 log = logging.getLogger("mfetch")
@@ -96,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     web.add_argument("--cacert", metavar="FILE", help="trust the CA certificates in FILE")
     web.add_argument("--max-redirs", type=int, default=10, metavar="N",
                      help="follow at most N redirects (default 10)")
+    sec = p.add_argument_group("tracker and agent security (tokens: a file, or "
+                               "MFETCH_TRACKER_TOKEN / MFETCH_AGENT_TOKEN in the environment)")
+    security.add_link_flags(sec, "a file holding the tracker's client token")
+    sec.add_argument("--agent-token-file", metavar="FILE",
+                     help="a file holding the agents' HTTP token: sent only to the agents the "
+                          "tracker names, never to mirrors or URLs given, nor past a redirect")
     return p
 
 
@@ -122,6 +129,8 @@ def http_options(args: argparse.Namespace, cfg: client_config.ClientConfig,
         max_redirects=args.max_redirs,
         trusted=frozenset(origin(u) for u in urls),
         url_credentials=url_credentials(urls),
+        agent_token=security.resolve_token(cfg.agent_token, cfg.agent_token_file,
+                                           "agent_token"),
     )
 
 
@@ -144,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 async def _main(args: argparse.Namespace) -> int:
     flags = {"tracker": args.tracker, "connections": args.connections,
              "max_connections_per_source": args.max_connections_per_source,
-             "stall_timeout": args.stall_timeout}
+             "stall_timeout": args.stall_timeout, "agent_token_file": args.agent_token_file,
+             **security.link_flags(args)}
     cfg = client_config.load(args.config, flags)
     urls = [t for t in args.targets if "://" in t]
     meta = args.targets[0] if metalink.is_metalink(args.targets[0]) else None
@@ -181,7 +191,8 @@ async def _main(args: argparse.Namespace) -> int:
             else:
                 from common.tracker_client import TrackerClient  # grpc: only for a NAME
 
-                async with TrackerClient(cfg.tracker) as tracker:
+                link = security.link_from(cfg, "tracker_token")
+                async with TrackerClient(cfg.tracker, link=link) as tracker:
                     plan = await plan_from_tracker(http, tracker, args.targets[0], sha256)
             out = output_path(args.output, plan, args.force)
             for note in plan.notes:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from client.scheduler import SchedulerConfig
 from common.config import build, env_layer, load_yaml
@@ -21,6 +21,16 @@ class ClientConfig:
     user_agent: str = "mfetch/0.1"
     proxy: str = ""  # http://, https://, socks4:// or socks5:// (environment proxies are ignored)
     cacert: str = ""  # a CA bundle to trust besides the system's
+    # The tracker over TLS (and mutual TLS), its client token; the agents' HTTP token,
+    # sent only to the agents the tracker names (client/http.py). Tokens: value or file.
+    tracker_tls: bool = False
+    tracker_ca: str | None = None
+    tracker_cert: str | None = None
+    tracker_key: str | None = None
+    tracker_token: str | None = field(default=None, repr=False)
+    tracker_token_file: str | None = None
+    agent_token: str | None = field(default=None, repr=False)
+    agent_token_file: str | None = None
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(

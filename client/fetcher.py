@@ -314,7 +314,7 @@ class Fetcher:
             if src.validator:
                 headers["If-Range"] = src.validator
         try:
-            async with self.http.get(src.url, headers) as resp:
+            async with self.http.get(src.url, headers, agent=src.kind == "agent") as resp:
                 if resp.status == 200 and ranged:
                     if src.ranges_seen or (src.validator and validator_of(resp.headers)
                                            not in ("", src.validator)):

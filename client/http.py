@@ -28,6 +28,7 @@ from yarl import URL
 from client.events import Fault, FaultKind
 from common.errors import ConfigError, ProtocolError, SourceError
 from common.http_ranges import parse_content_range
+from common.security import bearer
 
 # Errors that mean "try again later", not "this source is wrong".
 TRANSIENT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
@@ -52,6 +53,9 @@ class HttpOptions:
     cacert: str | None = None
     max_redirects: int = 10
     trusted: frozenset[str] = field(default_factory=frozenset)  # origins the user named
+    # Sent as a bearer token to the agents the tracker names (get(agent=True)), never to
+    # mirrors or URLs given by hand, never past a redirect.
+    agent_token: str | None = field(default=None, repr=False)
 
 
 def origin(url: str) -> str:
@@ -116,18 +120,22 @@ class HttpClient:
         await self.close()
 
     @contextlib.asynccontextmanager
-    async def get(self, url: str, headers: Mapping[str, str] | None = None
-                  ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def get(self, url: str, headers: Mapping[str, str] | None = None, *,
+                  agent: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
         """GET `url`, following at most max_redirects redirects; yields the final response.
 
+        `agent`: `url` is an agent the tracker named, so the agent token (if any) goes
+        with the first request, and only with it (not to a redirect's target).
         Raises SourceError for too many redirects or a redirect to a non-HTTP URL;
         aiohttp's errors pass through (callers translate them).
         """
-        for _ in range(self.opts.max_redirects + 1):
+        for hop in range(self.opts.max_redirects + 1):
             plain, auth = self._credentials(url)
             trusted = origin(url) in self.opts.trusted
             extra = {k: v for k, v in self.opts.headers
                      if trusted or k.lower() not in SENSITIVE}
+            if agent and hop == 0 and self.opts.agent_token:
+                auth = bearer(self.opts.agent_token)
             if auth and not any(k.lower() == "authorization" for k in extra):
                 extra["Authorization"] = auth  # an explicit header wins, as in curl
             resp = await self.session.get(

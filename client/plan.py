@@ -114,9 +114,11 @@ async def fetch_piece_list(client: HttpClient, content: Identity,
     errors = []
     for url in urls:
         try:
-            async with client.get(url) as resp:
+            async with client.get(url, agent=True) as resp:  # pieces of agents only
                 if resp.status != 200:
-                    errors.append(f"{url}: answered {resp.status}")
+                    hint = " (the agent wants a token: --agent-token-file)" if (
+                        resp.status == 401 and not client.opts.agent_token) else ""
+                    errors.append(f"{url}: answered {resp.status}{hint}")
                     continue
                 blob = await read_body(resp, content.pieces * 32)
             return content.check_piece_list(blob)

@@ -1,0 +1,40 @@
+"""The agent's optional HTTP token: `Authorization: Bearer TOKEN` on everything but OPEN_PATHS.
+
+Deny by default: with a token set, every path needs it except the health check
+(so a load balancer or container check needs no secret). A request without it,
+or with another, is answered 401 with `WWW-Authenticate: Bearer` before any
+handler runs, so nothing about DIR (not even whether a path exists) is told.
+Tokens are compared in constant time. Pages added later that must stay open
+belong in OPEN_PATHS.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from common import security
+
+OPEN_PATHS = frozenset({"/healthz"})
+REALM = 'Bearer realm="mfetch-agent"'
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def require_token(token: str) -> Middleware:
+    """An aiohttp middleware refusing requests that do not carry `token` (401)."""
+    expected = (token,)
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS and request.raw_path.split("?", 1)[0] in OPEN_PATHS:
+            return await handler(request)
+        sent = security.presented_token(request.headers.get("Authorization"))
+        if not security.token_matches(sent, expected):
+            why = "a token is required" if sent is None else "wrong token"
+            raise web.HTTPUnauthorized(text=f"{why}: send Authorization: Bearer TOKEN\n",
+                                       headers={"WWW-Authenticate": REALM})
+        return await handler(request)
+
+    return check
