@@ -235,9 +235,9 @@ def test_mirror_admin_through_the_cli(procs, tmp_path):
     base = [_procs.command("tracker"), "mirror"]
     where = ["--tracker", tracker.address, "--tracker-ca", pki.ca]
     r = _procs.run([*base, "add", url, "--sha256", sha, *where])
-    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        f"tracker: error: tracker at {tracker.address} refused the call: AddMirror needs the "
-        "admin token (authorization: Bearer TOKEN); none was sent"], r.stderr
+    expected = (f"tracker: error: tracker at {tracker.address} refused the call: AddMirror "
+                "needs the admin token (authorization: Bearer TOKEN); none was sent")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [expected], r.stderr
     r = _procs.run([*base, "add", url, "--sha256", sha, *where,
                     "--tracker-token-file", tokens["agent"]])
     assert r.returncode == 1 and "wrong token" in r.stderr
