@@ -52,6 +52,7 @@ def build(cls: type[T], *layers: Mapping[str, Any], origin: str = "config") -> T
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for layer in layers:
+        here: set[str] = set()
         for key, value in layer.items():
             name = key.replace("-", "_")
             if name not in fields:
@@ -60,7 +61,22 @@ def build(cls: type[T], *layers: Mapping[str, Any], origin: str = "config") -> T
             if value is None:
                 continue
             values[name] = _coerce(value, hints[name], f"{origin}: {key}")
+            partner = secret_partner(name)
+            if partner in here:
+                raise ConfigError(f"{origin}: give {name} or {partner}, not both")
+            if partner in fields:  # a higher layer's token replaces a lower one's file
+                values.pop(partner, None)
+            here.add(name)
     return cls(**values)
+
+
+def secret_partner(name: str) -> str:
+    """The other form of a secret setting: X_token <-> X_token_file ("" for other names)."""
+    if name.endswith("_token"):
+        return name + "_file"
+    if name.endswith("_token_file"):
+        return name.removesuffix("_file")
+    return ""
 
 
 def env_layer(prefix: str, cls: type) -> dict[str, str]:

@@ -248,3 +248,16 @@ def test_client_link_files_are_checked_at_start(tmp_path, pki) -> None:
         TrackerLink(ca=str(tmp_path / "nope")).checked()
     with pytest.raises(ConfigError, match="does not match"):
         TrackerLink(cert=pki.client_cert, key=pki.key).checked()
+
+
+def test_token_layers_a_higher_layer_replaces_the_other_form(tmp_path, monkeypatch) -> None:
+    token_file = tmp_path / "agent.token"
+    token_file.write_text(AGENT_TOKEN + "\n")
+    yaml_file = tmp_path / "tracker.yaml"
+    yaml_file.write_text(f"agent_token_file: {token_file}\nadmin_token: {ADMIN_TOKEN}\n")
+    monkeypatch.setenv("TRACKER_AGENT_TOKEN", "from-the-environment-123456")
+    c = tconfig.load(yaml_file, {"admin_token_file": str(token_file)})
+    assert c.tokens.agent == "from-the-environment-123456"  # env over the file's token file
+    assert c.tokens.admin == AGENT_TOKEN  # the flag's file over the file's value
+    monkeypatch.delenv("TRACKER_AGENT_TOKEN")
+    assert tconfig.load(yaml_file).tokens.agent == AGENT_TOKEN

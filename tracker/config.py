@@ -86,7 +86,11 @@ def load(config_file: str | os.PathLike[str] | None = None,
     for layer, where in layers:
         # build() once per layer so a bad value is reported against its own origin.
         cfg.build(TrackerConfig, layer, origin=where)
-        merged.update({k.replace("-", "_"): v for k, v in layer.items() if v is not None})
+        for key, value in layer.items():
+            if value is not None:
+                key = key.replace("-", "_")
+                merged.pop(cfg.secret_partner(key), None)  # the token or its file, not both
+                merged[key] = value
     built = cfg.build(TrackerConfig, merged, origin=origin)
     mirrors = tuple(_mirror(m, f"{origin}: mirrors[{i}]") for i, m in enumerate(built.mirrors))
     return check(dataclasses.replace(built, mirrors=mirrors))
