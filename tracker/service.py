@@ -6,8 +6,8 @@ INVALID_ARGUMENT with a message naming it, an agent the tracker does not know
 again, nothing under a key is NOT_FOUND, and anything unexpected is logged
 and answered INTERNAL; the server keeps serving.
 
-Identity: without authentication (a later issue adds tokens) the tracker
-cannot tell an agent from someone using its agent_id, and agent ids are not
+Identity: the tracker (even with an agent token, tracker/auth.py, which all
+agents share) cannot tell an agent from someone using its agent_id, and agent ids are not
 secret (Locate answers carry them). So a Register for an agent_id that is
 already live is *accepted*, last one wins, and logged as a warning: refusing
 it (ALREADY_EXISTS until the lease lapses) would lock out the common honest
