@@ -43,6 +43,7 @@ def resolve_token(value: str | None, file: str | None, what: str) -> str | None:
     if value and file:
         raise ConfigError(f"give {what} or {what}_file, not both")
     if file:
+        file = os.path.expanduser(file)  # `~/...` in a YAML file means the home folder
         try:
             with open(file, encoding="utf-8") as f:
                 text = f.read(MAX_TOKEN + 2)

@@ -261,3 +261,26 @@ def test_token_layers_a_higher_layer_replaces_the_other_form(tmp_path, monkeypat
     assert c.tokens.admin == AGENT_TOKEN  # the flag's file over the file's value
     monkeypatch.delenv("TRACKER_AGENT_TOKEN")
     assert tconfig.load(yaml_file).tokens.agent == AGENT_TOKEN
+
+
+def test_start_up_warnings_name_what_is_open_beyond_loopback() -> None:
+    from tracker.auth import Tokens, exposure_warnings
+
+    assert exposure_warnings("127.0.0.1:7700", False, Tokens()) == []
+    assert exposure_warnings("localhost:7700", False, Tokens()) == []
+    (w,) = exposure_warnings("0.0.0.0:7700", False, Tokens())
+    assert "no agent or admin token" in w and "announce" in w and "mirrors" in w
+    (w,) = exposure_warnings("0.0.0.0:7700", True, Tokens(agent=AGENT_TOKEN))
+    assert "no admin token" in w and "announce" not in w
+    (w,) = exposure_warnings("[::]:7700", False, Tokens(agent=AGENT_TOKEN, admin=ADMIN_TOKEN))
+    assert "clear text" in w
+    assert exposure_warnings("10.0.0.1:7700", True, Tokens(agent=AGENT_TOKEN,
+                                                           admin=ADMIN_TOKEN)) == []
+
+
+def test_token_file_may_start_with_a_tilde(tmp_path, monkeypatch) -> None:
+    from common.security import resolve_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "t").write_text(AGENT_TOKEN + "\n")
+    assert resolve_token(None, "~/t", "agent_token") == AGENT_TOKEN
