@@ -169,6 +169,9 @@ def _tls_hint(details: str, secure: bool) -> str:
     if secure and ("handshake" in text or "ssl" in text or "certificate" in text):
         return ": the TLS handshake failed; is the tracker serving TLS, does --tracker-ca " \
                "trust its certificate, does it require a client certificate (--tracker-cert)?"
+    if secure and "socket closed" in text:  # what a mutual-TLS tracker refusing us looks like
+        return ": the tracker closed the TLS connection; does it require a client " \
+               "certificate (--tracker-cert) signed by a CA it trusts?"
     if not secure and ("socket closed" in text or "connection reset" in text
                        or "handshake" in text or "ssl" in text):
         return "; if the tracker serves TLS, use --tracker-tls or --tracker-ca"

@@ -300,3 +300,28 @@ def test_agent_token_is_not_sent_to_a_plain_mirror(procs, tmp_path):
         assert seen == [None] * len(seen)
     finally:
         server.close()
+
+
+@pytest.mark.system
+def test_fetch_through_a_mutual_tls_tracker(procs, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    data = make_file(tmp_path / "share" / "m.bin", 1 * MiB, seed=53)
+    tracker = procs.tracker(tmp_path, "--tls-cert", pki.cert, "--tls-key", pki.key,
+                            "--tls-client-ca", pki.ca)
+    mine = ["--tracker-ca", pki.ca, "--tracker-cert", pki.client_cert,
+            "--tracker-key", pki.client_key]
+    procs.agent(tmp_path / "share", tracker.address, tmp_path / "s1", *mine,
+                "--rescan-seconds", "0.5", "--settle-seconds", "0")
+    _wait_holder(tracker.address, TrackerLink(ca=pki.ca, cert=pki.client_cert,
+                                              key=pki.client_key), "m.bin")
+    common = ["m.bin", "--tracker", tracker.address, "-q"]
+    r = _mfetch(*common, "-o", str(tmp_path / "out.bin"), *mine)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out.bin").read_bytes() == data
+    _one_line_error(_mfetch(*common, "-o", str(tmp_path / "x"), "--tracker-ca", pki.ca),
+                    "unreachable", "client certificate")
+    _one_line_error(_mfetch(*common, "-o", str(tmp_path / "y"), "--tracker-ca", pki.ca,
+                            "--tracker-cert", pki.client_cert), "go together")
+    _one_line_error(_mfetch(*common, "-o", str(tmp_path / "z"), "--tracker-ca", pki.ca,
+                            "--tracker-cert", pki.client_cert, "--tracker-key", pki.key),
+                    "does not match")
