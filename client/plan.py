@@ -110,7 +110,9 @@ async def _plan_candidate(client: HttpClient, cand: Candidate, name: str,
 
 async def fetch_piece_list(client: HttpClient, content: Identity,
                            urls: list[str]) -> list[bytes]:
-    """The piece list from the first source whose list hashes to the content's root."""
+    """The piece list from the first source whose list hashes to the content's root.
+
+    `urls` are piece lists of agents the tracker named: the agent token goes with them."""
     errors = []
     for url in urls:
         try:
