@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from common.identity import Identity
-from tracker.store import Holding, Located, MirrorRecord
+from tracker.store import AgentInfo, ContentInfo, Holding, Located, MirrorRecord, Overview
 
 T = TypeVar("T")
 
@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS mirrors (
 CREATE INDEX IF NOT EXISTS mirrors_by_name ON mirrors (name);
 CREATE INDEX IF NOT EXISTS mirrors_by_sha256 ON mirrors (sha256);
 """
+
+NAMES_SHOWN = 5  # names listed per content in an overview
 
 _LOCATED = """
 SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root
@@ -209,6 +211,48 @@ class SqliteStore:
             cur = self._conn().execute(
                 f"SELECT url, name, sha256, size FROM mirrors WHERE {where} ORDER BY url", args)
             return [MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in cur]
+        return await self._run(do)
+
+    # --- overview (status page, metrics) ----------------------------------------------
+
+    async def overview(self, limit: int) -> Overview:
+        def do() -> Overview:
+            db, now = self._conn(), self._clock()
+            (live,) = db.execute("SELECT COUNT(*) FROM agents WHERE expires_at > ?",
+                                 (now,)).fetchone()
+            # Walks the sha256 index once; no table rows are read.
+            (contents,) = db.execute(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT sha256 FROM holdings)").fetchone()
+            (mirrors,) = db.execute("SELECT COUNT(*) FROM mirrors").fetchone()
+            agents = tuple(
+                AgentInfo(agent_id, base_url, expires_at - now, int(n))
+                for agent_id, base_url, expires_at, n in db.execute(
+                    "SELECT agent_id, base_url, expires_at, "
+                    "(SELECT COUNT(*) FROM holdings h WHERE h.agent_id = a.agent_id) "
+                    "FROM agents a WHERE expires_at > ? ORDER BY expires_at DESC, agent_id "
+                    "LIMIT ?", (now, limit)))
+            listed = []
+            # The first `limit` contents with a live holder, in index order: stops early.
+            for (sha,) in db.execute(
+                    "SELECT DISTINCT h.sha256 FROM holdings h JOIN agents a "
+                    "ON a.agent_id = h.agent_id WHERE a.expires_at > ? ORDER BY h.sha256 "
+                    "LIMIT ?", (now, limit)).fetchall():
+                live_holders = ("FROM holdings h JOIN agents a ON a.agent_id = h.agent_id "
+                                "WHERE h.sha256 = ? AND a.expires_at > ?")
+                holders = [r[0] for r in db.execute(
+                    f"SELECT DISTINCT h.agent_id {live_holders} ORDER BY h.agent_id LIMIT ?",
+                    (sha, now, limit))]
+                (count,) = db.execute(f"SELECT COUNT(DISTINCT h.agent_id) {live_holders}",
+                                      (sha, now)).fetchone()
+                names = db.execute("SELECT DISTINCT name, size FROM holdings WHERE sha256 = ? "
+                                   "ORDER BY name LIMIT ?", (sha, NAMES_SHOWN)).fetchall()
+                listed.append(ContentInfo(bytes(sha), int(names[0][1]),
+                                          tuple(n for n, _ in names), tuple(holders), int(count)))
+            mirror_list = tuple(
+                MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in db.execute(
+                    "SELECT url, name, sha256, size FROM mirrors ORDER BY url LIMIT ?", (limit,)))
+            return Overview(int(live), int(contents), int(mirrors), agents, tuple(listed),
+                            mirror_list)
         return await self._run(do)
 
     async def close(self) -> None:
