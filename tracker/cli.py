@@ -18,10 +18,11 @@ from collections.abc import Sequence
 # before the imports below. An explicit GRPC_VERBOSITY still wins.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from common import logs
 from common.errors import MfetchError
 from common.tracker_client import DEFAULT_ADDRESS, TrackerClient
 from tracker import config as tconfig
-from tracker import server
+from tracker import server, status_cmd
 from tracker.redis_store import redact
 
 PROG = "tracker"
@@ -41,11 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help="YAML settings file")
     s.add_argument("--listen", metavar="HOST:PORT", help="address to serve gRPC on "
                    "(default 127.0.0.1:7700; port 0 picks a free port)")
+    s.add_argument("--http", metavar="HOST:PORT|off",
+                   help="status page, /api/status and /metrics (default 127.0.0.1:7780, "
+                        "loopback only; port 0 picks a free port; off disables)")
     s.add_argument("--db", metavar="PATH|URL", help="SQLite database (default tracker.db), or "
                    "redis://HOST:PORT[/DB] to share one store among several trackers")
     s.add_argument("--lease-seconds", metavar="N", help="agent lease length (default 30)")
     s.add_argument("--heartbeat-seconds", metavar="N",
                    help="heartbeat interval told to agents (default 10)")
+
+    st = sub.add_parser("status", help="print a short summary of a running tracker")
+    st.add_argument("--http", metavar="URL", default=None,
+                    help="the tracker's HTTP address (default $TRACKER_HTTP or "
+                         "http://127.0.0.1:7780)")
+    st.add_argument("--json", action="store_true", help="print the whole /api/status JSON")
 
     m = sub.add_parser("mirror", help="manage plain HTTP mirrors")
     msub = m.add_subparsers(dest="mirror_command", required=True, parser_class=_Parser)
@@ -67,11 +77,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point; exits with the command's status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.INFO)
     try:
         if args.command == "serve":
             code = asyncio.run(_serve(args))
+        elif args.command == "status":
+            code = asyncio.run(status_cmd.run(args.http, as_json=args.json))
         else:
             code = asyncio.run(_mirror(args))
     except MfetchError as e:
@@ -83,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    cfg = tconfig.load(args.config, {"listen": args.listen, "db": args.db,
+    cfg = tconfig.load(args.config, {"listen": args.listen, "http": args.http, "db": args.db,
                                      "lease_seconds": args.lease_seconds,
                                      "heartbeat_seconds": args.heartbeat_seconds})
     running = await server.start(cfg)
@@ -92,11 +103,25 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"tracker listening on {running.address}", flush=True)
+    http = None
+    if tconfig.http_enabled(cfg) and running.observer is not None:
+        from tracker import status_http
+        try:
+            http = await status_http.start(running.observer, cfg.http,
+                                           grpc_address=running.address,
+                                           lease_seconds=cfg.lease_seconds)
+        except BaseException:
+            await running.stop(grace=0)
+            raise
+        print(f"tracker http listening on {http.url} (status page, /api/status, /metrics)",
+              flush=True)
     logging.getLogger("tracker").info("store %s, lease %ds, heartbeat %ds, %d configured mirrors",
                                       redact(cfg.db), cfg.lease_seconds, cfg.heartbeat_seconds,
                                       len(cfg.mirrors))
     await stop.wait()
     logging.getLogger("tracker").info("stopping")
+    if http is not None:
+        await http.stop()
     await running.stop(grace=5.0)
     return 0
 
