@@ -34,6 +34,8 @@ class AgentConfig:
     rescan_seconds  how often DIR is polled for changes (default 5)
     settle_seconds  a file modified less than this long ago is left for a later scan, so a
                     file still being written is not hashed over and over (default 2)
+    status_public   serve /status, /api/status and /metrics to any client, not only
+                    loopback ones (default false: they tell who downloads what)
     """
 
     dir: str = ""
@@ -44,6 +46,7 @@ class AgentConfig:
     hash_workers: int = 2
     rescan_seconds: float = 5.0
     settle_seconds: float = 2.0
+    status_public: bool = False
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
