@@ -13,6 +13,7 @@ is asked at most once per OVERVIEW_MAX_AGE whatever the request rate.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +66,8 @@ async def start(observer: Observer, listen: str, *, grpc_address: str = "",
         await site.start()
     except OSError as e:
         await runner.cleanup()
-        raise ConfigError(f"cannot listen for HTTP on {listen}: {e.strerror}") from None
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise ConfigError(f"cannot listen for HTTP on {listen}: {reason}") from None
     bound = runner.addresses[0][1] if runner.addresses else port
     shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
     return RunningHttp(f"http://{shown}:{bound}", runner)

@@ -1,0 +1,204 @@
+"""Metrics, status JSON, `tracker status`/`agent status` and logs, through the real commands
+(tracker, agents and mfetch as processes on loopback) and an in-process agent."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+
+import aiohttp
+import pytest
+
+from agent import app as agent_app
+from agent.config import AgentConfig
+from agent.status import OBSERVER, is_loopback
+from tests import procs as _procs
+from tests.agent_helpers import eventually, write
+from tests.obs_helpers import get, get_json, parse_metrics, scrape, tracker_http, value
+from tests.servers import free_port
+from tests.test_system import AGENT_FLAGS, MiB, make_file, mfetch, summary, wait_holders
+
+LOG_LINE = re.compile(r"^ts=\S+Z level=(debug|info|warning|error|critical) logger=\S+ msg=")
+
+
+def _agent_bytes(samples) -> float:
+    return value(samples, "mfetch_agent_bytes_served_total")
+
+
+@pytest.mark.system
+def test_metrics_move_with_a_fetch_and_status_shows_it(procs, tmp_path):
+    tracker = procs.tracker(tmp_path, "--http", "127.0.0.1:0")
+    http = tracker_http(tracker)
+    data = make_file(tmp_path / "origin" / "of.tar.gz", 8 * MiB, seed=5)
+    agents = []
+    for i in range(2):
+        d = tmp_path / f"share{i}"
+        d.mkdir()
+        (d / "of.tar.gz").write_bytes(data)
+        agents.append(procs.agent(d, tracker.address, tmp_path / f"st{i}", *AGENT_FLAGS))
+    wait_holders(tracker.address, "of.tar.gz", 2)
+
+    t0 = scrape(http)
+    a0 = [scrape(a.address) for a in agents]
+    assert value(t0, "mfetch_tracker_live_agents") == 2
+    assert value(t0, "mfetch_tracker_contents") == 1
+    assert value(t0, "mfetch_tracker_mirrors") == 0
+    assert value(t0, "mfetch_tracker_registers_total") >= 2
+    assert value(t0, "mfetch_tracker_announces_total", result="ok") >= 2
+
+    out = tmp_path / "out"
+    s = summary(mfetch("of.tar.gz", "--tracker", tracker.address, "-o", str(out), "--json"))
+    assert out.read_bytes() == data
+
+    t1 = scrape(http)
+    a1 = [scrape(a.address) for a in agents]
+    found = "mfetch_tracker_locates_total"
+    assert value(t1, found, result="found") >= value(t0, found, result="found") + 1
+    assert (value(t1, "mfetch_tracker_locate_seconds_count")
+            >= value(t0, "mfetch_tracker_locate_seconds_count") + 1)
+    served = sum(_agent_bytes(b) - _agent_bytes(a) for a, b in zip(a0, a1, strict=True))
+    assert served >= len(data), "the agents served at least the whole file between scrapes"
+    assert sum(src["bytes"] for src in s["sources"]) == len(data)
+    assert sum(value(b, "mfetch_agent_requests_total", code="206")
+               - value(a, "mfetch_agent_requests_total", code="206")
+               for a, b in zip(a0, a1, strict=True)) >= 2
+    assert all(value(b, "mfetch_agent_shared_files") == 1 for b in a1)
+    assert all(value(b, "mfetch_agent_hashing_backlog") == 0 for b in a1)
+
+    st = get_json(http + "/api/status")
+    assert st["counts"] == {"live_agents": 2, "contents": 1, "mirrors": 0}
+    assert len(st["agents"]) == 2
+    assert all(0 <= a["last_heartbeat_seconds_ago"] <= 30 for a in st["agents"])
+    (content,) = st["contents"]
+    assert content["names"] == ["of.tar.gz"] and content["holder_count"] == 2
+    assert content["sha256"] == hashlib.sha256(data).hexdigest()
+    locate = next(e for e in st["recent_locates"] if e["query"] == "name of.tar.gz")
+    assert locate["sources"] == 2 and locate["peer"]
+
+    r = _procs.run([_procs.command("tracker"), "status", "--http", http])
+    assert r.returncode == 0, r.stderr
+    assert "2 live agents, 1 contents, 0 mirrors" in r.stdout
+    assert "of.tar.gz" in r.stdout and "name of.tar.gz" in r.stdout
+    r = _procs.run([_procs.command("agent"), "status", agents[0].address])
+    assert r.returncode == 0, r.stderr
+    assert "sharing 1 files (8.0 MiB)" in r.stdout and "(connected)" in r.stdout
+
+    for p in (tracker, *agents):
+        assert p.stop() == 0
+        lines = [ln for ln in p.output().splitlines() if ln.strip()]
+        logs = [ln for ln in lines if "listening on" not in ln]
+        assert logs and all(LOG_LINE.match(ln) for ln in logs), "\n".join(lines)
+
+
+def test_status_commands_say_when_nothing_answers(tmp_path):
+    port = free_port()
+    r = _procs.run([_procs.command("tracker"), "status", "--http", f"127.0.0.1:{port}"])
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"tracker: error: no tracker answers at http://127.0.0.1:{port}")
+    r = _procs.run([_procs.command("agent"), "status", f"http://127.0.0.1:{port}"])
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"agent: error: no agent answers at http://127.0.0.1:{port}")
+
+
+def test_tracker_http_can_be_off_and_a_bad_address_is_one_line(procs, tmp_path):
+    tracker = procs.tracker(tmp_path, "--http", "off")
+    assert tracker.stop() == 0
+    assert "http listening" not in tracker.output()
+    r = _procs.run([_procs.command("tracker"), "serve", "--listen", "127.0.0.1:0",
+                    "--db", str(tmp_path / "t2.db"), "--http", "nowhere"])
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "tracker: error: bad http address 'nowhere': expected HOST:PORT"], r.stderr
+    busy = free_port()
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", busy))
+        s.listen()
+        r = _procs.run([_procs.command("tracker"), "serve", "--listen", "127.0.0.1:0",
+                        "--db", str(tmp_path / "t3.db"), "--http", f"127.0.0.1:{busy}"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("tracker: error:")]
+    assert errors == [f"tracker: error: cannot listen for HTTP on 127.0.0.1:{busy}: "
+                      "Address already in use"], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+async def test_agent_shows_a_transfer_in_flight_and_counts_its_bytes(tmp_path):
+    share = tmp_path / "share"
+    share.mkdir()
+    size = 32 * MiB
+    write(share / "big.bin", b"\x01" * size)
+    cfg = AgentConfig(dir=str(share), listen="127.0.0.1:0", state_dir=str(tmp_path / "st"),
+                      settle_seconds=0, rescan_seconds=0.2)
+    agent = await agent_app.start(cfg, report=False)
+    try:
+        await eventually(lambda: agent.inventory.entry("big.bin"), what="big.bin hashed")
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as client, \
+                aiohttp.ClientSession(timeout=timeout) as other:
+            async with client.get(f"{agent.url}/files/big.bin",
+                                  headers={"Range": "bytes=1000-"}) as resp:
+                assert resp.status == 206
+                got = len(await resp.content.readexactly(64 * 1024))
+                async with other.get(f"{agent.url}/api/status") as r:
+                    st = await r.json()
+                (t,) = st["transfers"]
+                assert t["path"] == "big.bin" and t["client"] == "127.0.0.1"
+                assert t["range"] == [1000, size] and t["sent"] >= got
+                assert st["counts"]["transfers"] == 1
+                assert st["counts"]["open_connections"] >= 2
+                async with other.get(f"{agent.url}/metrics") as r:
+                    m1 = parse_metrics(await r.text())
+                v1 = value(m1, "mfetch_agent_bytes_served_total")
+                assert value(m1, "mfetch_agent_active_transfers") == 1
+                assert v1 >= got
+                # Read past what had been sent at the first scrape: the counter must move.
+                while got <= v1:
+                    got += len(await resp.content.read(1024 * 1024))
+                async with other.get(f"{agent.url}/metrics") as r:
+                    m2 = parse_metrics(await r.text())
+                assert value(m2, "mfetch_agent_bytes_served_total") >= got > v1
+            observer = agent._runner.app[OBSERVER]
+            await eventually(lambda: not observer.transfers, what="the transfer ends")
+    finally:
+        await agent.stop()
+
+
+def test_is_loopback():
+    assert is_loopback("127.0.0.1") and is_loopback("127.5.0.1") and is_loopback("::1")
+    assert is_loopback("::ffff:127.0.0.1")
+    for addr in ("10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "fe80::1%eth0", "", None, "x"):
+        assert not is_loopback(addr), addr
+
+
+async def test_agent_status_paths_refuse_other_hosts_unless_public(tmp_path):
+    import socket
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: it only picks the route
+            lan_ip = s.getsockname()[0]
+    except OSError:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    if is_loopback(lan_ip):
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    share = tmp_path / "share"
+    share.mkdir()
+    write(share / "f.txt", b"hello")
+    for public, expected in ((False, 403), (True, 200)):
+        cfg = AgentConfig(dir=str(share), listen="0.0.0.0:0", status_public=public,
+                          state_dir=str(tmp_path / f"st{public}"), advertise="http://x:1")
+        agent = await agent_app.start(cfg, report=False)
+        try:
+            for path in ("/status", "/api/status", "/metrics"):
+                status, _, body = await asyncio.to_thread(
+                    get, f"http://{lan_ip}:{agent.port}{path}")
+                assert status == expected, (public, path, status, body)
+            status, _, _ = await asyncio.to_thread(get, f"http://127.0.0.1:{agent.port}/status")
+            assert status == 200
+            status, _, body = await asyncio.to_thread(
+                get, f"http://{lan_ip}:{agent.port}/files/f.txt")
+            assert (status, body) == (200, "hello"), "files are served to the LAN either way"
+        finally:
+            await agent.stop()
