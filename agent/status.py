@@ -119,7 +119,7 @@ def render(d: dict[str, Any]) -> str:
         f'<p class="meta">first {len(d["files"])} files shown</p>')
     body = f"""<h1>mfetch agent</h1>
 <p class="meta">id <code>{esc(a.get('agent_id', '?'))}</code> · serving {esc(a['dir'])}
-as {esc(a.get('base_url', '?'))} · tracker {esc(a.get('tracker', '-'))} ({esc(link)})
+as {esc(a.get('base_url', '?'))} · tracker {esc(a.get('tracker') or '-')} ({esc(link)})
 · up {esc(human_seconds(a['uptime_seconds']))}</p>
 <p class="summary"><span id="files-count">{esc(c['files'])} files shared,
 {esc(human_bytes(c['bytes']))}</span>
