@@ -32,7 +32,7 @@ def chromium() -> str:
 def _run(args: list[str], profile: str) -> subprocess.CompletedProcess[str]:
     argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False,
                        env={**os.environ, "HOME": profile})
     assert r.returncode == 0, f"chromium failed ({r.returncode}): {r.stderr[-2000:]}"
     return r
@@ -58,7 +58,8 @@ class PngFacts:
 
 def png_facts(path: str) -> PngFacts:
     """Check `path` is a well-formed PNG (signature, chunk CRCs, zlib data) and describe it."""
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, width, height, idat = 8, 0, 0, b""
     while pos < len(data):

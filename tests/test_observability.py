@@ -8,6 +8,7 @@ import re
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
 
 from agent import app as agent_app
 from agent.config import AgentConfig
@@ -120,8 +121,8 @@ def test_tracker_http_can_be_off_and_a_bad_address_is_one_line(procs, tmp_path):
                         "--db", str(tmp_path / "t3.db"), "--http", f"127.0.0.1:{busy}"])
     assert r.returncode == 1, r.stdout + r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("tracker: error:")]
-    assert errors == [f"tracker: error: cannot listen for HTTP on 127.0.0.1:{busy}: "
-                      "Address already in use"], r.stderr
+    assert errors == [(f"tracker: error: cannot listen for HTTP on 127.0.0.1:{busy}: "
+                       "Address already in use")], r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -202,3 +203,59 @@ async def test_agent_status_paths_refuse_other_hosts_unless_public(tmp_path):
             assert (status, body) == (200, "hello"), "files are served to the LAN either way"
         finally:
             await agent.stop()
+
+
+async def test_servicer_counts_outcomes_and_keeps_a_bounded_ring(tmp_path):
+    from common.errors import MfetchError
+    from common.tracker_client import TrackerClient
+    from tests.tracker_fakes import ident
+    from tracker import observe, server
+    from tracker.config import TrackerConfig
+
+    running = await server.start(TrackerConfig(listen="127.0.0.1:0", db=str(tmp_path / "t.db")))
+    obs = running.observer
+    assert obs is not None
+    try:
+        async with TrackerClient(running.address, timeout=30) as c:
+            await c.register("a1", "http://10.0.0.1:7070")
+            await c.announce("a1", {"x/of.iso": ident("iso")}, replace=True)
+            await c.heartbeat("a1")
+            assert await c.locate(name="of.iso")
+            for _ in range(observe.RECENT_LOCATES + 5):
+                with pytest.raises(MfetchError):
+                    await c.locate(name="missing")
+            with pytest.raises(MfetchError):
+                await c.locate(name="../escape")
+            with pytest.raises(MfetchError):
+                await c.heartbeat("nobody")
+        m = parse_metrics(generate_latest(obs.registry).decode())
+        assert value(m, "mfetch_tracker_locates_total", result="found") == 1
+        assert value(m, "mfetch_tracker_locates_total", result="not_found") == \
+            observe.RECENT_LOCATES + 5
+        assert value(m, "mfetch_tracker_locates_total", result="error") == 1
+        assert value(m, "mfetch_tracker_locate_seconds_count") == observe.RECENT_LOCATES + 7
+        assert value(m, "mfetch_tracker_announces_total", result="ok") == 1
+        assert value(m, "mfetch_tracker_announced_holdings_total") == 1
+        assert value(m, "mfetch_tracker_registers_total") == 1
+        assert value(m, "mfetch_tracker_heartbeats_total", result="ok") == 1
+        assert value(m, "mfetch_tracker_heartbeats_total", result="error") == 1
+        assert len(obs.recent) == observe.RECENT_LOCATES, "the ring is bounded"
+        assert obs.recent[0].query == "name ../escape" and obs.recent[0].sources == 0
+        assert obs.recent[-1].query == "name missing"
+        ov = await obs.overview()
+        assert (ov.live_agents, ov.contents, ov.mirrors) == (1, 1, 0)
+    finally:
+        await running.stop(grace=1)
+
+
+def test_agent_status_public_setting_layers(tmp_path, monkeypatch):
+    from agent import config as agent_config
+
+    monkeypatch.delenv("AGENT_STATUS_PUBLIC", raising=False)
+    assert agent_config.load(None, {"dir": str(tmp_path)}).status_public is False
+    monkeypatch.setenv("AGENT_STATUS_PUBLIC", "yes")
+    assert agent_config.load(None, {"dir": str(tmp_path)}).status_public is True
+    f = tmp_path / "a.yaml"
+    f.write_text("status_public: false\n")
+    monkeypatch.delenv("AGENT_STATUS_PUBLIC")
+    assert agent_config.load(str(f), {"dir": str(tmp_path), "status_public": True}).status_public
