@@ -259,3 +259,38 @@ def test_agent_status_public_setting_layers(tmp_path, monkeypatch):
     f.write_text("status_public: false\n")
     monkeypatch.delenv("AGENT_STATUS_PUBLIC")
     assert agent_config.load(str(f), {"dir": str(tmp_path), "status_public": True}).status_public
+
+
+async def test_hashing_backlog_is_shown_while_files_wait(tmp_path, monkeypatch):
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(3):
+        write(share / f"f{i}.bin", bytes([i]) * 1000)
+    cfg = AgentConfig(dir=str(share), listen="127.0.0.1:0", state_dir=str(tmp_path / "st"),
+                      settle_seconds=0, rescan_seconds=0.2)
+    gate = asyncio.Event()
+    from agent.hashcache import HashCache
+    real_hash = HashCache.hash
+
+    async def gated(self, *args, **kw):  # hold every hash until the test has looked
+        await gate.wait()
+        return await real_hash(self, *args, **kw)
+    monkeypatch.setattr(HashCache, "hash", gated)
+    agent = await agent_app.start(cfg, report=False)
+    try:
+        await eventually(lambda: len(agent.inventory.hashing) == 3, what="3 files queued")
+        st, _, body = await asyncio.to_thread(get, f"{agent.url}/metrics")
+        assert value(parse_metrics(body), "mfetch_agent_hashing_backlog") == 3
+        status = await asyncio.to_thread(get_json, f"{agent.url}/api/status")
+        assert status["counts"]["hashing"] == 3 and status["counts"]["files"] == 0
+        assert [(f["path"], f["state"], f["sha256"]) for f in status["files"]] == [
+            (f"f{i}.bin", "hashing", None) for i in range(3)]
+        gate.set()
+        await eventually(lambda: len(agent.inventory.snapshot()) == 3, what="all hashed")
+        st, _, body = await asyncio.to_thread(get, f"{agent.url}/metrics")
+        assert value(parse_metrics(body), "mfetch_agent_hashing_backlog") == 0
+        status = await asyncio.to_thread(get_json, f"{agent.url}/api/status")
+        assert {f["state"] for f in status["files"]} == {"shared"}
+    finally:
+        gate.set()
+        await agent.stop()
