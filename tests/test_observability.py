@@ -279,7 +279,8 @@ async def test_hashing_backlog_is_shown_while_files_wait(tmp_path, monkeypatch):
     agent = await agent_app.start(cfg, report=False)
     try:
         await eventually(lambda: len(agent.inventory.hashing) == 3, what="3 files queued")
-        st, _, body = await asyncio.to_thread(get, f"{agent.url}/metrics")
+        code, _, body = await asyncio.to_thread(get, f"{agent.url}/metrics")
+        assert code == 200
         assert value(parse_metrics(body), "mfetch_agent_hashing_backlog") == 3
         status = await asyncio.to_thread(get_json, f"{agent.url}/api/status")
         assert status["counts"]["hashing"] == 3 and status["counts"]["files"] == 0
@@ -287,7 +288,8 @@ async def test_hashing_backlog_is_shown_while_files_wait(tmp_path, monkeypatch):
             (f"f{i}.bin", "hashing", None) for i in range(3)]
         gate.set()
         await eventually(lambda: len(agent.inventory.snapshot()) == 3, what="all hashed")
-        st, _, body = await asyncio.to_thread(get, f"{agent.url}/metrics")
+        code, _, body = await asyncio.to_thread(get, f"{agent.url}/metrics")
+        assert code == 200
         assert value(parse_metrics(body), "mfetch_agent_hashing_backlog") == 0
         status = await asyncio.to_thread(get_json, f"{agent.url}/api/status")
         assert {f["state"] for f in status["files"]} == {"shared"}
