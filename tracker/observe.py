@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from tracker.store import Overview, Store
 
-OVERVIEW_MAX_AGE = 2.0  # seconds a store overview is reused before asking the store again
+OVERVIEW_MAX_AGE = 5.0  # seconds (the page reloads every 5 s) a store overview is reused before asking the store again
 OVERVIEW_LIMIT = 100  # agents, contents and mirrors listed on the status page
 RECENT_LOCATES = 100  # locates kept in memory for the status page
 MAX_SHOWN = 200  # characters of a locate's name or peer kept

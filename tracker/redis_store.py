@@ -249,6 +249,8 @@ return out
 """
 
 NAMES_SHOWN = 5  # names listed per content in an overview
+CONTENTS_BATCH = 10  # contents described per script run, so Redis is never blocked long
+OVERVIEW_SCAN = 4  # contents looked at per content listed, at most
 PURGE_BATCH = 100  # agents forgotten per script run, so one purge never blocks Redis long
 
 
@@ -429,18 +431,20 @@ class RedisStore:
             mirrors.append(MirrorRecord(flat_mirrors[i].decode(), name, bytes.fromhex(sha),
                                         int(size)))
         # Contents are counted with SCAN (incremental: Redis is never blocked by it) over
-        # the sha: sets, then the first `limit` with a live holder are described in batches.
+        # the sha: sets, then the first `limit` with a live holder are described, a few
+        # per script run.
         shas: list[str] = []
         start = len(self._prefix) + len("sha:")
         async for key in self._redis.scan_iter(match=self._prefix + "sha:*", count=1000):
             shas.append(key.decode()[start:])
         shas.sort()
         contents: list[ContentInfo] = []
-        for i in range(0, len(shas), limit):
-            if len(contents) >= limit:
+        for i in range(0, len(shas), CONTENTS_BATCH):
+            if len(contents) >= limit or i >= limit * OVERVIEW_SCAN:
                 break
             for sha, size, count, holders, names in await self._call(
-                    self._contents, limit - len(contents), limit, NAMES_SHOWN, *shas[i:i + limit]):
+                    self._contents, limit - len(contents), limit, NAMES_SHOWN,
+                    *shas[i:i + CONTENTS_BATCH]):
                 contents.append(ContentInfo(
                     bytes.fromhex(sha.decode()), int(size), tuple(n.decode() for n in names),
                     tuple(h.decode() for h in holders), int(count)))

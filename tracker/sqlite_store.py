@@ -47,6 +47,8 @@ CREATE INDEX IF NOT EXISTS mirrors_by_sha256 ON mirrors (sha256);
 """
 
 NAMES_SHOWN = 5  # names listed per content in an overview
+NAMES_SAMPLED = 64  # holdings read per content to find those names
+OVERVIEW_SCAN = 4  # contents looked at per content listed, at most
 
 _LOCATED = """
 SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root
@@ -232,22 +234,28 @@ class SqliteStore:
                     "FROM agents a WHERE expires_at > ? ORDER BY expires_at DESC, agent_id "
                     "LIMIT ?", (now, limit)))
             listed = []
-            # The first `limit` contents with a live holder, in index order: stops early.
-            for (sha,) in db.execute(
-                    "SELECT DISTINCT h.sha256 FROM holdings h JOIN agents a "
-                    "ON a.agent_id = h.agent_id WHERE a.expires_at > ? ORDER BY h.sha256 "
-                    "LIMIT ?", (now, limit)).fetchall():
+            # The first `limit` contents with a live holder, in index order: the walk stops
+            # early (and looks at no more than OVERVIEW_SCAN contents without one).
+            cur = db.execute("SELECT DISTINCT sha256 FROM holdings ORDER BY sha256")
+            for looked, (sha,) in enumerate(cur):
+                if len(listed) >= limit or looked >= limit * OVERVIEW_SCAN:
+                    break
                 live_holders = ("FROM holdings h JOIN agents a ON a.agent_id = h.agent_id "
                                 "WHERE h.sha256 = ? AND a.expires_at > ?")
+                (count,) = db.execute(f"SELECT COUNT(DISTINCT h.agent_id) {live_holders}",
+                                      (sha, now)).fetchone()
+                if not count:
+                    continue
                 holders = [r[0] for r in db.execute(
                     f"SELECT DISTINCT h.agent_id {live_holders} ORDER BY h.agent_id LIMIT ?",
                     (sha, now, limit))]
-                (count,) = db.execute(f"SELECT COUNT(DISTINCT h.agent_id) {live_holders}",
-                                      (sha, now)).fetchone()
-                names = db.execute("SELECT DISTINCT name, size FROM holdings WHERE sha256 = ? "
-                                   "ORDER BY name LIMIT ?", (sha, NAMES_SHOWN)).fetchall()
-                listed.append(ContentInfo(bytes(sha), int(names[0][1]),
-                                          tuple(n for n, _ in names), tuple(holders), int(count)))
+                # A sample of the names (each row is a lookup by primary key): enough to
+                # show what the content is called, without reading every holding.
+                sample = db.execute("SELECT name, size FROM holdings WHERE sha256 = ? LIMIT ?",
+                                    (sha, NAMES_SAMPLED)).fetchall()
+                names = sorted({n for n, _ in sample})[:NAMES_SHOWN]
+                listed.append(ContentInfo(bytes(sha), int(sample[0][1]), tuple(names),
+                                          tuple(holders), int(count)))
             mirror_list = tuple(
                 MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in db.execute(
                     "SELECT url, name, sha256, size FROM mirrors ORDER BY url LIMIT ?", (limit,)))
