@@ -233,7 +233,7 @@ class SqliteStore:
                     "(SELECT COUNT(*) FROM holdings h WHERE h.agent_id = a.agent_id) "
                     "FROM agents a WHERE expires_at > ? ORDER BY expires_at DESC, agent_id "
                     "LIMIT ?", (now, limit)))
-            listed = []
+            listed: list[ContentInfo] = []
             # The first `limit` contents with a live holder, in index order: the walk stops
             # early (and looks at no more than OVERVIEW_SCAN contents without one).
             cur = db.execute("SELECT DISTINCT sha256 FROM holdings ORDER BY sha256")
