@@ -296,3 +296,50 @@ async def test_hashing_backlog_is_shown_while_files_wait(tmp_path, monkeypatch):
     finally:
         gate.set()
         await agent.stop()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_tracker_status_json_and_metrics_over_either_store(backend, tmp_path, request):
+    from common.tracker_client import TrackerClient
+    from tests.tracker_fakes import ident
+    from tracker import server, status_http
+    from tracker.config import TrackerConfig
+    from tracker.redis_store import RedisStore
+
+    store = None
+    if backend == "redis":
+        store = await RedisStore.open(request.getfixturevalue("redis_url"))
+    running = await server.start(TrackerConfig(listen="127.0.0.1:0", db=str(tmp_path / "t.db")),
+                                 store=store)
+    assert running.observer is not None
+    http = await status_http.start(running.observer, "127.0.0.1:0",
+                                   grpc_address=running.address, lease_seconds=30)
+    try:
+        async with TrackerClient(running.address, timeout=30) as c:
+            for i in range(3):
+                await c.register(f"agent{i}", f"http://10.0.0.{i}:7070")
+                await c.announce(f"agent{i}", {f"d/{i}.iso": ident("iso"), "x": ident(f"x{i}")},
+                                 replace=True)
+            await c.add_mirror("http://m.example/iso", ident("iso").sha256, name="iso")
+            await c.locate(name="x")
+        st = await asyncio.to_thread(get_json, http.url + "/api/status")
+        assert st["counts"] == {"live_agents": 3, "contents": 4, "mirrors": 1}
+        assert {a["agent_id"] for a in st["agents"]} == {"agent0", "agent1", "agent2"}
+        iso = next(c for c in st["contents"] if c["sha256"] == ident("iso").sha256.hex())
+        assert iso["holder_count"] == 3 and iso["mirrors"] == ["http://m.example/iso"]
+        assert iso["names"] == ["0.iso", "1.iso", "2.iso"]
+        assert st["recent_locates"][0]["query"] == "name x"
+        assert st["recent_locates"][0]["sources"] >= 1
+        m = parse_metrics((await asyncio.to_thread(get, http.url + "/metrics"))[2])
+        assert value(m, "mfetch_tracker_live_agents") == 3
+        assert value(m, "mfetch_tracker_contents") == 4
+        assert value(m, "mfetch_tracker_mirrors") == 1
+        assert value(m, "mfetch_tracker_announces_total", result="ok") == 3
+        code, ctype, page = await asyncio.to_thread(get, http.url + "/")
+        assert code == 200 and ctype.startswith("text/html")
+        assert "3 live agents" in page and "http://m.example/iso" in page
+    finally:
+        await http.stop()
+        await running.stop(grace=1)
+        if store is not None:
+            await store.close()
