@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from typing import Any
 
 import aiohttp
@@ -109,7 +110,9 @@ async def fetch_status(url: str, what: str) -> dict[str, Any]:
                 raise MfetchError(f"{what} at {url} answered HTTP {resp.status}")
             data = json.loads(await resp.text())
     except aiohttp.ClientConnectorError as e:
-        reason = e.os_error.strerror or str(e.os_error) or "cannot connect"
+        err = e.os_error
+        reason = err.strerror or (
+            os.strerror(err.errno) if err.errno and err.errno > 0 else str(err)) or "cannot connect"
         raise MfetchError(f"no {what} answers at {url}: {reason}") from None
     except (aiohttp.ClientError, OSError) as e:
         raise MfetchError(f"no {what} answers at {url}: {e.__class__.__name__}: {e}") from None
