@@ -111,8 +111,9 @@ async def fetch_status(url: str, what: str) -> dict[str, Any]:
             data = json.loads(await resp.text())
     except aiohttp.ClientConnectorError as e:
         err = e.os_error
-        reason = err.strerror or (
-            os.strerror(err.errno) if err.errno and err.errno > 0 else str(err)) or "cannot connect"
+        # errno > 0: an OS error (refused, unreachable); a resolver error has errno < 0
+        reason = (os.strerror(err.errno) if err.errno and err.errno > 0
+                  else err.strerror or str(err)) or "cannot connect"
         raise MfetchError(f"no {what} answers at {url}: {reason}") from None
     except (aiohttp.ClientError, OSError) as e:
         raise MfetchError(f"no {what} answers at {url}: {e.__class__.__name__}: {e}") from None
