@@ -21,6 +21,7 @@ from agent.hashcache import HashCache
 from agent.inventory import Inventory
 from agent.reporter import Reporter, TrackerApi
 from agent.server import make_runner
+from agent.status import OBSERVER
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
 from common.tracker_client import TrackerClient
@@ -137,7 +138,8 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
-    runner = make_runner(inventory, token=config.resolved_http_token())
+    runner = make_runner(inventory, token=config.resolved_http_token(),
+                         status_public=config.status_public)
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)
@@ -157,6 +159,11 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
             tracker = owned = TrackerClient(config.tracker, link=config.tracker_link())
         reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot)
         inventory.on_change = reporter.notify
+    observer = runner.app[OBSERVER]
+    observer.info.update(agent_id=agent_id, base_url=base_url,
+                         tracker=config.tracker if report else None)
+    if reporter is not None:
+        observer.connected = reporter.connected.is_set
     agent = RunningAgent(config, host, bound_port, base_url, agent_id, inventory, reporter,
                          runner, cache, _owned_tracker=owned)
     agent._tasks.append(asyncio.create_task(inventory.run(config.rescan_seconds)))

@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from agent import config as agent_config
 from agent.app import start
-from common import security
+from common import logs, security
 from common.errors import MfetchError
 
 
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--settle-seconds", metavar="S",
                    help="leave files modified less than S seconds ago for a later scan "
                         "(default 2)")
+    s.add_argument("--status-public", action="store_const", const=True, default=None,
+                   help="answer /status, /api/status and /metrics to any client "
+                        "(default: loopback clients only)")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sec = s.add_argument_group("security (tokens: a file, or AGENT_TRACKER_TOKEN / "
                                "AGENT_HTTP_TOKEN in the environment; never on the command line)")
@@ -62,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--http-token-file", metavar="FILE",
                      help="require `Authorization: Bearer TOKEN` (TOKEN from FILE) for the "
                           "files and piece lists served; /healthz stays open")
+    st = sub.add_parser("status", help="print a short summary of a running agent",
+                        description="Read a running agent's /api/status and print a summary.")
+    st.add_argument("url", metavar="URL", nargs="?", default=None,
+                    help="the agent, http://HOST:PORT (default $AGENT_URL or "
+                         "http://127.0.0.1:7070)")
+    st.add_argument("--json", action="store_true", help="print the whole /api/status JSON")
+    st.add_argument("--http-token-file", metavar="FILE",
+                    help="the agent's HTTP token, if it has one (default $AGENT_HTTP_TOKEN_FILE "
+                         "or $AGENT_HTTP_TOKEN)")
     return p
 
 
@@ -83,14 +95,23 @@ async def _serve(cfg: agent_config.AgentConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "status":
+        from agent import status_cmd
+        try:
+            return asyncio.run(status_cmd.run(args.url, as_json=args.json,
+                                               token_file=args.http_token_file))
+        except MfetchError as e:
+            print(f"agent: error: {e}", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    logs.setup(logging.DEBUG if args.verbose else logging.INFO)
     try:
         flags = {"dir": args.dir, "tracker": args.tracker, "listen": args.listen,
                  "advertise": args.advertise, "state_dir": args.state_dir,
                  "hash_workers": args.hash_workers, "rescan_seconds": args.rescan_seconds,
                  "settle_seconds": args.settle_seconds, "http_token_file": args.http_token_file,
-                 **security.link_flags(args)}
+                 "status_public": args.status_public, **security.link_flags(args)}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

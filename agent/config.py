@@ -40,6 +40,8 @@ class AgentConfig:
                     certificate and key for a tracker that requires mutual TLS
     tracker_token(_file)  the tracker's agent token, sent with register/announce/heartbeat
     http_token(_file)     required as `Authorization: Bearer TOKEN` on /files/ and /pieces/
+    status_public   serve /status, /api/status and /metrics to any client, not only
+                    loopback ones (default false: they tell who downloads what)
     """
 
     dir: str = ""
@@ -58,6 +60,7 @@ class AgentConfig:
     tracker_token_file: str | None = None
     http_token: str | None = field(default=None, repr=False)
     http_token_file: str | None = None
+    status_public: bool = False
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""

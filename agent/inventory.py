@@ -127,6 +127,7 @@ class Inventory:
         self.on_change = on_change
         self._hash_slots = asyncio.Semaphore(8)  # bounds queued work, the pool bounds CPU
         self.scans = 0
+        self.hashing: dict[str, int] = {}  # path -> size of files queued for or being hashed
 
     # -- queries (used by the HTTP server and the reporter) --
 
@@ -179,11 +180,15 @@ class Inventory:
             self._cache.keep_only(set(listing))
 
         async def hash_one(path: str, key: StatKey) -> None:
-            async with self._hash_slots:
-                entry = await self._cache.hash(path, os.path.join(self.root, path), key)
+            try:
+                async with self._hash_slots:
+                    entry = await self._cache.hash(path, os.path.join(self.root, path), key)
+            finally:
+                self.hashing.pop(path, None)
             if entry is not None:
                 self._apply([], [entry], totals)
 
+        self.hashing.update((p, k.size) for p, k in to_hash)
         await asyncio.gather(*(hash_one(p, k) for p, k in to_hash))
         self._cache.forget(p for p in totals.removed if p not in listing)
         self.scans += 1

@@ -5,6 +5,7 @@ Layout (common.agent_api):
     GET|HEAD /files/<path>      a regular file inside DIR, single byte ranges
     GET      /pieces/<sha256>   piece hashes of a content held (32-byte digests)
     GET      /healthz           "ok"
+    GET      /status, /api/status, /metrics   status page, JSON, Prometheus (agent/status.py)
 
 Files go out through a StreamResponse fed 256 KiB pread()s run in a thread,
 so memory stays bounded whatever the size, and the Range / If-Range / ETag
@@ -48,9 +49,11 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from agent import status
 from agent.hashcache import StatKey
 from agent.http_auth import require_token
 from agent.inventory import Inventory, inside, is_shareable_name
+from agent.observe import AgentObserver, Transfer, counting_middleware
 from common import agent_api
 from common.http_ranges import content_range, parse_range
 
@@ -180,6 +183,16 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
+    observer = request.app[status.OBSERVER]
+    transfer = observer.begin(request.remote or "?", rel, start, end)
+    try:
+        return await _send_body(request, resp, fd, start, end, observer, transfer)
+    finally:
+        observer.end(transfer)
+
+
+async def _send_body(request: web.Request, resp: web.StreamResponse, fd: int, start: int,
+                     end: int, observer: AgentObserver, transfer: Transfer) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     pos = start
     while pos < end:
@@ -197,6 +210,7 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
                 request.transport.abort()
             return resp
         pos += len(chunk)
+        observer.sent(transfer, len(chunk))
     await resp.write_eof()
     return resp
 
@@ -217,17 +231,29 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_runner(inventory: Inventory, token: str | None = None) -> web.AppRunner:
+def make_runner(inventory: Inventory, token: str | None = None, *,
+                status_public: bool = False) -> web.AppRunner:
     """An AppRunner for make_app(inventory, token) with the agent's connection bounds."""
-    return web.AppRunner(make_app(inventory, token), access_log=None,
-                         keepalive_timeout=KEEPALIVE_TIMEOUT)
+    app = make_app(inventory, token, status_public=status_public)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
+    app[status.OBSERVER].open_connections = (
+        lambda: len(runner.server.connections) if runner.server is not None else 0)
+    return runner
 
 
-def make_app(inventory: Inventory, token: str | None = None) -> web.Application:
-    """The aiohttp application serving `inventory.root` and the pieces it holds;
-    with `token`, every path but the open ones (agent.http_auth) needs it."""
-    app = web.Application(middlewares=[require_token(token)] if token else [])
+def make_app(inventory: Inventory, token: str | None = None, *,
+             status_public: bool = False) -> web.Application:
+    """The aiohttp application serving `inventory.root` and the pieces it holds, with
+    its status page and metrics (agent/status.py; loopback clients only unless
+    `status_public`); with `token`, every path but the open ones (agent.http_auth)
+    needs it, the status paths included."""
+    observer = AgentObserver(inventory)
+    middlewares = [counting_middleware(observer)]
+    if token:
+        middlewares.append(require_token(token))
+    app = web.Application(middlewares=middlewares)
     app[_INVENTORY] = inventory
+    status.add_routes(app, observer, public=status_public)
     app.router.add_get(agent_api.FILES_PREFIX + "{tail:.*}", handle_file)  # GET and HEAD
     app.router.add_get(agent_api.PIECES_PREFIX + "{sha256}", handle_pieces)
     app.router.add_get("/healthz", handle_health)

@@ -191,7 +191,7 @@ def _worker(job: tuple[str, list[str], object, Params]) -> list[float]:
 
 def _start_tracker(db: str, p: Params) -> tuple[subprocess.Popen[str], str]:
     popen = subprocess.Popen(
-        [str(BIN / "tracker"), "serve", "--listen", "127.0.0.1:0", "--db", db,
+        [str(BIN / "tracker"), "serve", "--listen", "127.0.0.1:0", "--db", db, "--http", "off",
          "--lease-seconds", str(p.heartbeat_seconds * 3),
          "--heartbeat-seconds", str(p.heartbeat_seconds)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

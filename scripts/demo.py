@@ -333,7 +333,8 @@ def run(args: argparse.Namespace, procs: Processes) -> None:
     for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         p.unlink(missing_ok=True)
     tracker = procs.start_server("tracker", [
-        rel(BIN / "tracker"), "serve", "--listen", "127.0.0.1:0", "--db", rel(db)],
+        rel(BIN / "tracker"), "serve", "--listen", "127.0.0.1:0", "--db", rel(db),
+        "--http", "127.0.0.1:0"],
         logs / "tracker.log")
     say("✓", "tracker", f"{tracker.address}")
 

@@ -8,6 +8,13 @@ from tests import procs as _procs
 from tests import redis_server as _redis
 
 
+@pytest.fixture(autouse=True)
+def _tracker_http_on_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `tracker serve` a test starts puts its status page on a free port, not on the
+    default 7780 (two trackers in one test, or a tracker left on this machine, would clash)."""
+    monkeypatch.setenv("TRACKER_HTTP", "127.0.0.1:0")
+
+
 class Procs:
     """Starts real commands and kills whatever is still running at teardown."""
 

@@ -39,7 +39,7 @@ def test_every_command_parses(path: pathlib.Path) -> None:
             if argv[0] == "tracker":
                 args = tracker_cli._parser().parse_args(argv[1:])
                 if args.command == "serve":  # the values, too, must pass the config checks
-                    tconfig.load(None, {"listen": args.listen, "db": args.db,
+                    tconfig.load(None, {"listen": args.listen, "http": args.http, "db": args.db,
                                         "lease_seconds": args.lease_seconds,
                                         "heartbeat_seconds": args.heartbeat_seconds},
                                  environ=False)

@@ -10,7 +10,7 @@ SHA = "cd" * 32
 
 
 def test_defaults(monkeypatch) -> None:
-    for var in ("TRACKER_LISTEN", "TRACKER_DB", "TRACKER_LEASE_SECONDS"):
+    for var in ("TRACKER_LISTEN", "TRACKER_DB", "TRACKER_LEASE_SECONDS", "TRACKER_HTTP"):
         monkeypatch.delenv(var, raising=False)
     c = load(None, {})
     assert c == TrackerConfig()
@@ -59,3 +59,20 @@ def test_db_is_a_path_or_a_redis_url() -> None:
                 "redis://r.lan:99999"):
         with pytest.raises(ConfigError, match="db"):
             load(None, {"db": bad}, environ=False)
+
+
+def test_http_status_listener_layers_and_off(tmp_path, monkeypatch) -> None:
+    from tracker.config import http_enabled
+
+    monkeypatch.delenv("TRACKER_HTTP", raising=False)
+    assert load(None, {}).http == "127.0.0.1:7780", "loopback by default"
+    f = tmp_path / "t.yaml"
+    f.write_text("http: 0.0.0.0:9000\n")
+    assert load(f, {}).http == "0.0.0.0:9000"
+    monkeypatch.setenv("TRACKER_HTTP", "127.0.0.1:9001")
+    assert load(f, {}).http == "127.0.0.1:9001"
+    c = load(f, {"http": "off"})
+    assert c.http == "off" and not http_enabled(c)
+    assert not http_enabled(load(None, {"http": ""}))
+    with pytest.raises(ConfigError, match="bad http address 'nowhere'"):
+        load(None, {"http": "nowhere"})

@@ -175,3 +175,31 @@ async def test_redis_leases_follow_redis_time(redis_url: str) -> None:
         assert not await s.renew("a1", frozen() + 30)
     finally:
         await s.close()
+
+
+async def test_overview_counts_and_caps(store) -> None:
+    now = store.clock()
+    for i in range(5):
+        await store.register(f"a{i}", f"http://h:{i}", now + 30 + i)
+        await store.update_holdings(f"a{i}", replace=True, removed=[],
+                                    added=[Holding("pub/iso", ISO), Holding(f"t{i}.tar", TAR)])
+    await store.register("lapsed", "http://h:9", now + 5)
+    await store.update_holdings("lapsed", replace=True, removed=[],
+                                added=[Holding("only-lapsed", ident("gone"))])
+    for i in range(4):
+        await store.put_mirror(MirrorRecord(f"http://m{i}/iso", "iso", ISO.sha256, ISO.size))
+    store.clock.advance(10)
+    ov = await store.overview(limit=3)
+    assert (ov.live_agents, ov.mirrors) == (5, 4)
+    assert ov.contents == 3, "every known content is counted, the lapsed agent's too"
+    assert [a.agent_id for a in ov.agents] == ["a4", "a3", "a2"], "latest lease first, capped"
+    assert ov.agents[0].base_url == "http://h:4" and ov.agents[0].holdings == 2
+    assert 23 < ov.agents[0].lease_left <= 24
+    assert [m.url for m in ov.mirror_list] == ["http://m0/iso", "http://m1/iso", "http://m2/iso"]
+    listed = {c.sha256: c for c in ov.contents_list}
+    assert set(listed) == {ISO.sha256, TAR.sha256}, "only contents with a live holder"
+    iso = listed[ISO.sha256]
+    assert iso.holder_count == 5 and iso.holders == ("a0", "a1", "a2")
+    assert iso.names == ("iso",) and iso.size == ISO.size
+    assert set(listed[TAR.sha256].names) == {f"t{i}.tar" for i in range(5)}
+    assert (await store.overview(limit=1)).contents_list[0].sha256 == min(ISO.sha256, TAR.sha256)

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from common import config as common_config
-from common import security
+from common import logs, security
 from common.errors import MfetchError
 from common.tracker_client import DEFAULT_ADDRESS, TrackerClient
 from tracker import auth, server
 from tracker import config as tconfig
+from tracker import status_cmd
 from tracker.redis_store import redact
 
 PROG = "tracker"
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE", help="YAML settings file")
     s.add_argument("--listen", metavar="HOST:PORT", help="address to serve gRPC on "
                    "(default 127.0.0.1:7700; port 0 picks a free port)")
+    s.add_argument("--http", metavar="HOST:PORT|off",
+                   help="status page, /api/status and /metrics (default 127.0.0.1:7780, "
+                        "loopback only; port 0 picks a free port; off disables)")
     s.add_argument("--db", metavar="PATH|URL", help="SQLite database (default tracker.db), or "
                    "redis://HOST:PORT[/DB] to share one store among several trackers")
     s.add_argument("--lease-seconds", metavar="N", help="agent lease length (default 30)")
@@ -60,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="`tracker mirror add|rm` must send this token")
     sec.add_argument("--client-token-file", metavar="FILE",
                      help="locate and mirror ls need this token (or the agent or admin one)")
+
+    st = sub.add_parser("status", help="print a short summary of a running tracker")
+    st.add_argument("--http", metavar="URL", default=None,
+                    help="the tracker's HTTP address (default $TRACKER_HTTP or "
+                         "http://127.0.0.1:7780)")
+    st.add_argument("--json", action="store_true", help="print the whole /api/status JSON")
 
     m = sub.add_parser("mirror", help="manage plain HTTP mirrors")
     msub = m.add_subparsers(dest="mirror_command", required=True, parser_class=_Parser)
@@ -86,7 +96,7 @@ SERVE_SECURITY_FLAGS = ("tls_cert", "tls_key", "tls_client_ca", "agent_token_fil
 
 def serve_flags(args: argparse.Namespace) -> dict[str, object]:
     """The settings `tracker serve` takes from its flags (None = not given)."""
-    flags: dict[str, object] = {"listen": args.listen, "db": args.db,
+    flags: dict[str, object] = {"listen": args.listen, "http": args.http, "db": args.db,
                                 "lease_seconds": args.lease_seconds,
                                 "heartbeat_seconds": args.heartbeat_seconds}
     flags.update({name: getattr(args, name) for name in SERVE_SECURITY_FLAGS})
@@ -96,11 +106,12 @@ def serve_flags(args: argparse.Namespace) -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point; exits with the command's status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(logging.INFO)
     try:
         if args.command == "serve":
             code = asyncio.run(_serve(args))
+        elif args.command == "status":
+            code = asyncio.run(status_cmd.run(args.http, as_json=args.json))
         else:
             code = asyncio.run(_mirror(args))
     except MfetchError as e:
@@ -119,6 +130,18 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"tracker listening on {running.address}", flush=True)
+    http = None
+    if tconfig.http_enabled(cfg) and running.observer is not None:
+        from tracker import status_http
+        try:
+            http = await status_http.start(running.observer, cfg.http,
+                                           grpc_address=running.address,
+                                           lease_seconds=cfg.lease_seconds)
+        except BaseException:
+            await running.stop(grace=0)
+            raise
+        print(f"tracker http listening on {http.url} (status page, /api/status, /metrics)",
+              flush=True)
     logging.getLogger("tracker").info("store %s, lease %ds, heartbeat %ds, %d configured mirrors",
                                       redact(cfg.db), cfg.lease_seconds, cfg.heartbeat_seconds,
                                       len(cfg.mirrors))
@@ -132,6 +155,8 @@ async def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("tracker").warning("%s", warning)
     await stop.wait()
     logging.getLogger("tracker").info("stopping")
+    if http is not None:
+        await http.stop()
     await running.stop(grace=5.0)
     return 0
 

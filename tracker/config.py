@@ -7,6 +7,7 @@ in ./tracker.db, 30 s leases renewed by 10 s heartbeats.
 YAML example::
 
     listen: 0.0.0.0:7700
+    http: 127.0.0.1:7780             # status page, /api/status, /metrics; "off" disables
     db: /var/lib/mfetch/tracker.db   # or redis://HOST:PORT[/DB], shared by several trackers
     lease_seconds: 30
     heartbeat_seconds: 10
@@ -48,6 +49,9 @@ class TrackerConfig:
     """Everything `tracker serve` needs. Construct with :func:`load` to get checks."""
 
     listen: str = "127.0.0.1:7700"
+    # The status page, /api/status and /metrics (tracker/status_http.py): loopback by
+    # default; "off" (or empty) disables it.
+    http: str = "127.0.0.1:7780"
     db: str = "tracker.db"
     lease_seconds: int = 30
     heartbeat_seconds: int = 10
@@ -99,6 +103,8 @@ def load(config_file: str | os.PathLike[str] | None = None,
 def check(c: TrackerConfig) -> TrackerConfig:
     """Raise ConfigError unless the values make sense together."""
     cfg.parse_hostport(c.listen, "listen address")
+    if http_enabled(c):
+        cfg.parse_hostport(c.http, "http address")
     if not c.db:
         raise ConfigError("db: the database path is empty")
     if c.db.startswith(("redis:", "rediss:")):  # a URL, not a file named redis...
@@ -118,6 +124,11 @@ def check(c: TrackerConfig) -> TrackerConfig:
         auth.server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)  # files checked now
     c.tokens  # noqa: B018  (reads and checks the token files now)
     return c
+
+
+def http_enabled(c: TrackerConfig) -> bool:
+    """Whether the status page / metrics listener is wanted (http is not "off" or empty)."""
+    return c.http.strip().lower() not in ("", "off", "none")
 
 
 def _mirror(raw: Any, where: str) -> MirrorSpec:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import ConfigError
 from common.identity import Identity
-from tracker.store import Holding, Located, MirrorRecord
+from tracker.store import AgentInfo, ContentInfo, Holding, Located, MirrorRecord, Overview
 
 SCHEME = "redis://"
 
@@ -185,6 +185,72 @@ end
 return out
 """
 
+# ARGV: prefix, now, limit -> {live count, mirror count, {agent, base_url, lease_left, held}...,
+#                              {url, value}...} (at most limit of each)
+_OVERVIEW = _NOW + """
+local limit = tonumber(ARGV[3])
+local live = redis.call('ZCOUNT', P .. 'leases', '(' .. NOW, '+inf')
+local agents = {}
+local ids = redis.call('ZREVRANGEBYSCORE', P .. 'leases', '+inf', '(' .. NOW,
+                       'WITHSCORES', 'LIMIT', 0, limit)
+for i = 1, #ids, 2 do
+  local agent = ids[i]
+  agents[#agents + 1] = agent
+  agents[#agents + 1] = redis.call('HGET', P .. 'agent:' .. agent, 'base_url') or ''
+  agents[#agents + 1] = tostring(tonumber(ids[i + 1]) - NOW)
+  agents[#agents + 1] = redis.call('HLEN', P .. 'held:' .. agent)
+end
+local urls = redis.call('HKEYS', P .. 'mirrors')
+table.sort(urls)
+local mirrors = {}
+for i = 1, math.min(#urls, limit) do
+  mirrors[#mirrors + 1] = urls[i]
+  mirrors[#mirrors + 1] = redis.call('HGET', P .. 'mirrors', urls[i])
+end
+return {live, #urls, agents, mirrors}
+"""
+
+# ARGV: prefix, now, limit, holders_shown, names_shown, sha_hex... -> for each of the first
+# `limit` contents with a live holder: {sha_hex, size, holder_count, {holders...}, {names...}}
+_CONTENTS = _NOW + """
+local limit, holders_shown = tonumber(ARGV[3]), tonumber(ARGV[4])
+local names_shown = tonumber(ARGV[5])
+local out = {}
+for i = 6, #ARGV do
+  if #out >= limit then break end
+  local sha = ARGV[i]
+  local seen, holders, names, named, count, size = {}, {}, {}, {}, 0, nil
+  for _, member in ipairs(redis.call('SMEMBERS', P .. 'sha:' .. sha)) do
+    local sep = string.find(member, '\\0', 1, true)
+    local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+    if live(agent) then
+      if not seen[agent] then
+        seen[agent] = true
+        count = count + 1
+        holders[#holders + 1] = agent
+      end
+      local base = basename(path)
+      if not named[base] then named[base] = true; names[#names + 1] = base end
+      if not size then
+        local v = redis.call('HGET', P .. 'held:' .. agent, path)
+        if v then size = string.match(v, '^%x+|(%d+)|') end
+      end
+    end
+  end
+  if count > 0 then
+    table.sort(holders); table.sort(names)
+    local h, n = {}, {}
+    for j = 1, math.min(#holders, holders_shown) do h[j] = holders[j] end
+    for j = 1, math.min(#names, names_shown) do n[j] = names[j] end
+    out[#out + 1] = {sha, size or '0', count, h, n}
+  end
+end
+return out
+"""
+
+NAMES_SHOWN = 5  # names listed per content in an overview
+CONTENTS_BATCH = 10  # contents described per script run, so Redis is never blocked long
+OVERVIEW_SCAN = 4  # contents looked at per content listed, at most
 PURGE_BATCH = 100  # agents forgotten per script run, so one purge never blocks Redis long
 
 
@@ -250,6 +316,7 @@ class RedisStore:
             reg(_REMOVE_AGENT), reg(_PURGE), reg(_UPDATE))
         self._locate, self._put_mirror, self._mirrors = (
             reg(_LOCATE), reg(_PUT_MIRROR), reg(_MIRRORS))
+        self._overview, self._contents = reg(_OVERVIEW), reg(_CONTENTS)
 
     @classmethod
     async def open(cls, url: str, clock: Callable[[], float] = time.time, *,
@@ -349,6 +416,40 @@ class RedisStore:
             out.append(MirrorRecord(flat[i].decode(), name, bytes.fromhex(sha), int(size)))
         out.sort(key=lambda m: m.url)
         return out
+
+    # --- overview (status page, metrics) ----------------------------------------------
+
+    async def overview(self, limit: int) -> Overview:
+        live, mirror_count, flat_agents, flat_mirrors = await self._call(self._overview, limit)
+        agents = tuple(
+            AgentInfo(flat_agents[i].decode(), flat_agents[i + 1].decode(),
+                      float(flat_agents[i + 2]), int(flat_agents[i + 3]))
+            for i in range(0, len(flat_agents), 4))
+        mirrors = []
+        for i in range(0, len(flat_mirrors), 2):
+            sha, size, name = flat_mirrors[i + 1].decode().split("|", 2)
+            mirrors.append(MirrorRecord(flat_mirrors[i].decode(), name, bytes.fromhex(sha),
+                                        int(size)))
+        # Contents are counted with SCAN (incremental: Redis is never blocked by it) over
+        # the sha: sets, then the first `limit` with a live holder are described, a few
+        # per script run.
+        shas: list[str] = []
+        start = len(self._prefix) + len("sha:")
+        async for key in self._redis.scan_iter(match=self._prefix + "sha:*", count=1000):
+            shas.append(key.decode()[start:])
+        shas.sort()
+        contents: list[ContentInfo] = []
+        for i in range(0, len(shas), CONTENTS_BATCH):
+            if len(contents) >= limit or i >= limit * OVERVIEW_SCAN:
+                break
+            for sha, size, count, holders, names in await self._call(
+                    self._contents, limit - len(contents), limit, NAMES_SHOWN,
+                    *shas[i:i + CONTENTS_BATCH]):
+                contents.append(ContentInfo(
+                    bytes.fromhex(sha.decode()), int(size), tuple(n.decode() for n in names),
+                    tuple(h.decode() for h in holders), int(count)))
+        return Overview(int(live), len(shas), int(mirror_count), agents, tuple(contents),
+                        tuple(mirrors))
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -19,6 +19,7 @@ from common.api import tracker_pb2_grpc as pb_grpc
 from common.errors import ConfigError, StorageError
 from tracker import auth
 from tracker.config import TrackerConfig
+from tracker.observe import Observer
 from tracker.redis_store import RedisStore, is_redis_url, redact
 from tracker.service import DecodeErrors, TrackerServicer
 from tracker.sqlite_store import SqliteStore
@@ -56,6 +57,7 @@ class RunningTracker:
     _health: health.aio.HealthServicer
     _owns_store: bool
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    observer: Observer | None = None  # metrics and recent locates (tracker/status_http.py)
 
     @property
     def address(self) -> str:
@@ -101,9 +103,11 @@ async def start(config: TrackerConfig, store: Store | None = None,
         server = grpc.aio.server(options=GRPC_OPTIONS,
                                  interceptors=[auth.TokenCheck(config.tokens), DecodeErrors()],
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
+        observer = Observer(store)
         pb_grpc.add_TrackerServicer_to_server(
             TrackerServicer(store, lease_seconds=config.lease_seconds,
-                            heartbeat_seconds=config.heartbeat_seconds, clock=clock), server)
+                            heartbeat_seconds=config.heartbeat_seconds, clock=clock,
+                            observer=observer), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
@@ -123,7 +127,7 @@ async def start(config: TrackerConfig, store: Store | None = None,
         if owns:
             await store.close()
         raise
-    running = RunningTracker(host, port, store, server, health_servicer, owns)
+    running = RunningTracker(host, port, store, server, health_servicer, owns, observer=observer)
     if config.purge_after_seconds:
         running._tasks.append(asyncio.create_task(
             _purge_loop(store, clock, config.purge_after_seconds, config.lease_seconds)))

@@ -22,9 +22,10 @@ from __future__ import annotations
 import functools
 import logging
 import posixpath
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -35,6 +36,9 @@ from common.identity import Identity
 from tracker import candidates, validate
 from tracker.store import Holding, Located, MirrorRecord, Store
 from tracker.validate import Invalid
+
+if TYPE_CHECKING:
+    from tracker.observe import Observer
 
 log = logging.getLogger("tracker.service")
 
@@ -69,6 +73,30 @@ def _rpc(fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
     return wrapper
 
 
+def _observed(fn: Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
+              ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Rep]]:
+    """Count and time the call in the servicer's Observer (tracker/observe.py), if any.
+    Goes inside @_rpc, so it sees the domain errors before they become status codes."""
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Rep:
+        observer = self._observer
+        if observer is None:
+            return await fn(self, request, context)
+        started = time.perf_counter()
+        reply, result = None, "error"
+        try:
+            reply = await fn(self, request, context)
+            result = "ok"
+            return reply
+        except _Abort as e:
+            result = "not_found" if e.code == grpc.StatusCode.NOT_FOUND else "error"
+            raise
+        finally:
+            observer.record_call(fn.__name__, request, reply, result,
+                                 time.perf_counter() - started, context.peer() or "")
+    return wrapper
+
+
 class DecodeErrors(grpc.aio.ServerInterceptor):
     """Bytes that are not the request message (or carry a string that is not UTF-8)
     get INVALID_ARGUMENT. Left to gRPC they are UNKNOWN, with an error-level traceback
@@ -96,13 +124,15 @@ class TrackerServicer(pb_grpc.TrackerServicer):
     """mfetch.v1.Tracker over a :class:`tracker.store.Store`."""
 
     def __init__(self, store: Store, *, lease_seconds: int, heartbeat_seconds: int,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], observer: Observer | None = None) -> None:
         self._store = store
+        self._observer = observer
         self._lease = lease_seconds
         self._heartbeat = heartbeat_seconds
         self._clock = clock
 
     @_rpc
+    @_observed
     async def Register(self, request: pb.RegisterRequest,
                        context: grpc.aio.ServicerContext) -> pb.RegisterReply:
         agent_id = validate.agent_id(request.agent_id)
@@ -115,6 +145,7 @@ class TrackerServicer(pb_grpc.TrackerServicer):
         return pb.RegisterReply(lease_seconds=self._lease, heartbeat_seconds=self._heartbeat)
 
     @_rpc
+    @_observed
     async def Heartbeat(self, request: pb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> pb.HeartbeatReply:
         agent_id = validate.agent_id(request.agent_id)
@@ -123,6 +154,7 @@ class TrackerServicer(pb_grpc.TrackerServicer):
         return pb.HeartbeatReply(lease_seconds=self._lease)
 
     @_rpc
+    @_observed
     async def Announce(self, request: pb.AnnounceRequest,
                        context: grpc.aio.ServicerContext) -> pb.AnnounceReply:
         agent_id = validate.agent_id(request.agent_id)
@@ -140,6 +172,7 @@ class TrackerServicer(pb_grpc.TrackerServicer):
         return pb.AnnounceReply(holdings=count)
 
     @_rpc
+    @_observed
     async def Locate(self, request: pb.LocateRequest,
                      context: grpc.aio.ServicerContext) -> pb.LocateReply:
         key = request.WhichOneof("key")

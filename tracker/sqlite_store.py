@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from common.identity import Identity
-from tracker.store import Holding, Located, MirrorRecord
+from tracker.store import AgentInfo, ContentInfo, Holding, Located, MirrorRecord, Overview
 
 T = TypeVar("T")
 
@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS mirrors (
 CREATE INDEX IF NOT EXISTS mirrors_by_name ON mirrors (name);
 CREATE INDEX IF NOT EXISTS mirrors_by_sha256 ON mirrors (sha256);
 """
+
+NAMES_SHOWN = 5  # names listed per content in an overview
+NAMES_SAMPLED = 64  # holdings read per content to find those names
+OVERVIEW_SCAN = 4  # contents looked at per content listed, at most
 
 _LOCATED = """
 SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root
@@ -209,6 +213,54 @@ class SqliteStore:
             cur = self._conn().execute(
                 f"SELECT url, name, sha256, size FROM mirrors WHERE {where} ORDER BY url", args)
             return [MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in cur]
+        return await self._run(do)
+
+    # --- overview (status page, metrics) ----------------------------------------------
+
+    async def overview(self, limit: int) -> Overview:
+        def do() -> Overview:
+            db, now = self._conn(), self._clock()
+            (live,) = db.execute("SELECT COUNT(*) FROM agents WHERE expires_at > ?",
+                                 (now,)).fetchone()
+            # Walks the sha256 index once; no table rows are read.
+            (contents,) = db.execute(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT sha256 FROM holdings)").fetchone()
+            (mirrors,) = db.execute("SELECT COUNT(*) FROM mirrors").fetchone()
+            agents = tuple(
+                AgentInfo(agent_id, base_url, expires_at - now, int(n))
+                for agent_id, base_url, expires_at, n in db.execute(
+                    "SELECT agent_id, base_url, expires_at, "
+                    "(SELECT COUNT(*) FROM holdings h WHERE h.agent_id = a.agent_id) "
+                    "FROM agents a WHERE expires_at > ? ORDER BY expires_at DESC, agent_id "
+                    "LIMIT ?", (now, limit)))
+            listed: list[ContentInfo] = []
+            # The first `limit` contents with a live holder, in index order: the walk stops
+            # early (and looks at no more than OVERVIEW_SCAN contents without one).
+            cur = db.execute("SELECT DISTINCT sha256 FROM holdings ORDER BY sha256")
+            for looked, (sha,) in enumerate(cur):
+                if len(listed) >= limit or looked >= limit * OVERVIEW_SCAN:
+                    break
+                live_holders = ("FROM holdings h JOIN agents a ON a.agent_id = h.agent_id "
+                                "WHERE h.sha256 = ? AND a.expires_at > ?")
+                (count,) = db.execute(f"SELECT COUNT(DISTINCT h.agent_id) {live_holders}",
+                                      (sha, now)).fetchone()
+                if not count:
+                    continue
+                holders = [r[0] for r in db.execute(
+                    f"SELECT DISTINCT h.agent_id {live_holders} ORDER BY h.agent_id LIMIT ?",
+                    (sha, now, limit))]
+                # A sample of the names (each row is a lookup by primary key): enough to
+                # show what the content is called, without reading every holding.
+                sample = db.execute("SELECT name, size FROM holdings WHERE sha256 = ? LIMIT ?",
+                                    (sha, NAMES_SAMPLED)).fetchall()
+                names = sorted({n for n, _ in sample})[:NAMES_SHOWN]
+                listed.append(ContentInfo(bytes(sha), int(sample[0][1]), tuple(names),
+                                          tuple(holders), int(count)))
+            mirror_list = tuple(
+                MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in db.execute(
+                    "SELECT url, name, sha256, size FROM mirrors ORDER BY url LIMIT ?", (limit,)))
+            return Overview(int(live), int(contents), int(mirrors), agents, tuple(listed),
+                            mirror_list)
         return await self._run(do)
 
     async def close(self) -> None:

@@ -53,6 +53,46 @@ class MirrorRecord:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """A live agent, for the status page: `lease_left` is seconds until its lease lapses
+    (by the store's clock, so it is right even when trackers' clocks disagree)."""
+
+    agent_id: str
+    base_url: str
+    lease_left: float
+    holdings: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContentInfo:
+    """A content some live agent holds: its names and live holders, each list capped."""
+
+    sha256: bytes
+    size: int
+    names: tuple[str, ...]
+    holders: tuple[str, ...]  # agent ids, at most the overview's limit
+    holder_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """A bounded picture of the store for metrics and the status page.
+
+    The counts are exact; each list holds at most `limit` entries (agents with the most
+    recent lease first; contents in SHA-256 order; mirrors by URL), so one call stays cheap
+    with 10,000 agents. `contents` counts the distinct contents of every known agent's
+    holdings (lapsed agents' too, until purged); `contents_list` only those with a live holder.
+    """
+
+    live_agents: int
+    contents: int
+    mirrors: int
+    agents: tuple[AgentInfo, ...] = ()
+    contents_list: tuple[ContentInfo, ...] = ()
+    mirror_list: tuple[MirrorRecord, ...] = ()
+
+
 class Store(Protocol):
     """What the tracker needs from its storage. Every method may raise OSError-like
     backend errors (sqlite3.Error, redis errors); the servicer reports those as INTERNAL."""
@@ -106,6 +146,10 @@ class Store(Protocol):
 
     async def mirrors_of(self, sha256: bytes) -> list[MirrorRecord]:
         """Mirrors of the content with this SHA-256."""
+        ...
+
+    async def overview(self, limit: int) -> Overview:
+        """Counts of live agents, contents and mirrors, and at most `limit` of each."""
         ...
 
     async def purge(self, lapsed_before: float) -> int:
