@@ -46,6 +46,7 @@ from client.plan import (
 from client.storage import PartFile
 from client.stream import stream_fetch
 from common.errors import ConfigError, MfetchError, StorageError
+from common.ratelimit import TokenBucket
 
 log = logging.getLogger("mfetch")
 
@@ -77,6 +78,12 @@ def parser() -> argparse.ArgumentParser:
                    help="connections per source to start with (default 2)")
     p.add_argument("--max-connections", dest="max_connections_per_source", type=int,
                    metavar="N", help="most connections to one source (default 6)")
+    p.add_argument("--max-host-connections", dest="max_connections_per_host", type=int,
+                   metavar="N", help="most connections to one host:port, over all its source "
+                                     "URLs (default 6)")
+    p.add_argument("--limit-rate", metavar="RATE",
+                   help="at most RATE bytes/s in total, over all connections (as curl: "
+                        "500K, 2M, 1G; K = 1024)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="seconds without a byte before a request is given up (default 8)")
     web = p.add_argument_group("HTTP options (as in curl and wget)")
@@ -144,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 async def _main(args: argparse.Namespace) -> int:
     flags = {"tracker": args.tracker, "connections": args.connections,
              "max_connections_per_source": args.max_connections_per_source,
-             "stall_timeout": args.stall_timeout}
+             "stall_timeout": args.stall_timeout,
+             "max_connections_per_host": args.max_connections_per_host,
+             "limit_rate": args.limit_rate}
     cfg = client_config.load(args.config, flags)
     urls = [t for t in args.targets if "://" in t]
     meta = args.targets[0] if metalink.is_metalink(args.targets[0]) else None
@@ -169,7 +178,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
                               read_timeout=cfg.stall_timeout + 5,
-                              per_host=cfg.max_connections_per_source + 1) as http:
+                              per_host=cfg.max_connections_per_host + 1) as http:
             if args.sha256_file:
                 target = name_from_url(urls[0]) if urls else safe_name(args.targets[0])
                 sha256 = await sums_digest(http, args.sha256_file, target)
@@ -187,7 +196,8 @@ async def _main(args: argparse.Namespace) -> int:
             for note in plan.notes:
                 log.warning("%s", note)
             if plan.stream:
-                result = await fetch_stream(plan, out, http, started)
+                result = await fetch_stream(plan, out, http, started,
+                                            client_config.rate_limit(cfg))
             else:
                 result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started)
     except asyncio.CancelledError:
@@ -247,7 +257,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         from client.progress import Progress
         progress = Progress(plan.name)
     fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
-                      on_progress=progress)
+                      on_progress=progress, limit=client_config.rate_limit(cfg))
     try:
         if progress:
             with progress:
@@ -262,11 +272,11 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
 
 
 async def fetch_stream(plan: Plan, out: pathlib.Path, http: HttpClient,
-                       started: float) -> Result:
+                       started: float, limit: TokenBucket | None = None) -> Result:
     """A source that gives no size: one stream (see client/stream.py)."""
     url = plan.sources[0].url
     log.warning("%s gives no size: fetching it in one stream, without ranges or resume", url)
-    size, sha, notes = await stream_fetch(http, url, out, plan.sha256)
+    size, sha, notes = await stream_fetch(http, url, out, plan.sha256, limit)
     for note in notes:
         log.warning("%s", note)
     report = SourceReport(url, "url", size, 0, 0, "")
