@@ -19,10 +19,12 @@ from aiohttp import web
 from agent.config import AgentConfig
 from agent.hashcache import HashCache
 from agent.inventory import Inventory
+from agent.limits import Limits
 from agent.reporter import Reporter, TrackerApi
 from agent.server import make_runner
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
+from common.ratelimit import parse_rate
 from common.tracker_client import TrackerClient
 
 log = logging.getLogger("agent")
@@ -137,7 +139,8 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
-    runner = make_runner(inventory)
+    limits = Limits(parse_rate(config.upload_rate), config.max_client_connections)
+    runner = make_runner(inventory, limits)
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--settle-seconds", metavar="S",
                    help="leave files modified less than S seconds ago for a later scan "
                         "(default 2)")
+    s.add_argument("--upload-rate", metavar="RATE",
+                   help="send at most RATE bytes/s in total (as curl: 500K, 2M, 1G; "
+                        "default: no cap)")
+    s.add_argument("--max-client-connections", metavar="N",
+                   help="file requests in flight from one client address; more get 503 "
+                        "with Retry-After (default 8; 0 = no cap)")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -82,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags = {"dir": args.dir, "tracker": args.tracker, "listen": args.listen,
                  "advertise": args.advertise, "state_dir": args.state_dir,
                  "hash_workers": args.hash_workers, "rescan_seconds": args.rescan_seconds,
-                 "settle_seconds": args.settle_seconds}
+                 "settle_seconds": args.settle_seconds, "upload_rate": args.upload_rate,
+                 "max_client_connections": args.max_client_connections}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

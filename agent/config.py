@@ -13,6 +13,7 @@ from typing import Any
 
 from common import config as common_config
 from common.errors import ConfigError
+from common.ratelimit import parse_rate
 
 DEFAULT_TRACKER = "127.0.0.1:7700"
 DEFAULT_LISTEN = "0.0.0.0:7070"
@@ -34,6 +35,11 @@ class AgentConfig:
     rescan_seconds  how often DIR is polled for changes (default 5)
     settle_seconds  a file modified less than this long ago is left for a later scan, so a
                     file still being written is not hashed over and over (default 2)
+    upload_rate     at most this many bytes/s sent in total, curl-style (500K, 2M); "" or 0:
+                    no cap (default)
+    max_client_connections
+                    file requests in flight from one client address; one more gets 503 with
+                    Retry-After (default 8; 0: no cap)
     """
 
     dir: str = ""
@@ -44,6 +50,8 @@ class AgentConfig:
     hash_workers: int = 2
     rescan_seconds: float = 5.0
     settle_seconds: float = 2.0
+    upload_rate: str = ""
+    max_client_connections: int = 8
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
@@ -60,6 +68,10 @@ class AgentConfig:
             raise ConfigError(f"hash_workers must be at least 1, got {self.hash_workers}")
         if self.rescan_seconds <= 0:
             raise ConfigError(f"rescan_seconds must be positive, got {self.rescan_seconds}")
+        parse_rate(self.upload_rate, "upload_rate")
+        if self.max_client_connections < 0:
+            raise ConfigError("max_client_connections must not be negative, "
+                              f"got {self.max_client_connections}")
         if self.settle_seconds < 0:
             raise ConfigError(f"settle_seconds must not be negative, got {self.settle_seconds}")
         return self

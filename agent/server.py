@@ -50,6 +50,7 @@ from aiohttp import web
 
 from agent.hashcache import StatKey
 from agent.inventory import Inventory, inside, is_shareable_name
+from agent.limits import Limits
 from common import agent_api
 from common.http_ranges import content_range, parse_range
 
@@ -61,6 +62,7 @@ KEEPALIVE_TIMEOUT = 75.0
 SEND_STALL_TIMEOUT = 60.0  # most one CHUNK may wait for a client that stopped reading
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _INVENTORY: web.AppKey[Inventory] = web.AppKey("inventory", Inventory)
+_LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
 
 
 class PathVerdict(Enum):
@@ -180,11 +182,14 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
     if request.method == "HEAD":
         return resp
     loop = asyncio.get_running_loop()
+    limits = request.app[_LIMITS]
+    step = limits.chunk(CHUNK)
     pos = start
     while pos < end:
-        chunk = await loop.run_in_executor(None, os.pread, fd, min(CHUNK, end - pos), pos)
+        chunk = await loop.run_in_executor(None, os.pread, fd, min(step, end - pos), pos)
         if not chunk:
             break  # truncated under us: the short body tells the client (length mismatch)
+        await limits.pace(len(chunk))  # the upload rate cap (agent/limits.py)
         try:
             async with asyncio.timeout(SEND_STALL_TIMEOUT):
                 await resp.write(chunk)  # waits for the socket to drain: memory stays bounded
@@ -216,16 +221,20 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_runner(inventory: Inventory) -> web.AppRunner:
-    """An AppRunner for make_app(inventory) with the agent's connection bounds."""
-    return web.AppRunner(make_app(inventory), access_log=None,
+def make_runner(inventory: Inventory, limits: Limits | None = None,
+                app: web.Application | None = None) -> web.AppRunner:
+    """An AppRunner for make_app(inventory, limits) (or `app`) with the agent's
+    connection bounds."""
+    return web.AppRunner(app or make_app(inventory, limits), access_log=None,
                          keepalive_timeout=KEEPALIVE_TIMEOUT)
 
 
-def make_app(inventory: Inventory) -> web.Application:
+def make_app(inventory: Inventory, limits: Limits | None = None) -> web.Application:
     """The aiohttp application serving `inventory.root` and the pieces it holds."""
-    app = web.Application()
+    limits = limits or Limits()
+    app = web.Application(middlewares=[limits.middleware])
     app[_INVENTORY] = inventory
+    app[_LIMITS] = limits
     app.router.add_get(agent_api.FILES_PREFIX + "{tail:.*}", handle_file)  # GET and HEAD
     app.router.add_get(agent_api.PIECES_PREFIX + "{sha256}", handle_pieces)
     app.router.add_get("/healthz", handle_health)
