@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from agent.config import AgentConfig
+from agent.downloads import Downloads
+from agent.fetch_page import add_routes, parse_allow
 from agent.hashcache import HashCache
 from agent.inventory import Inventory
 from agent.limits import Limits
 from agent.reporter import Reporter, TrackerApi
-from agent.server import make_runner
+from agent.server import make_app, make_runner
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
 from common.ratelimit import parse_rate
@@ -49,6 +51,7 @@ class RunningAgent:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _owned_tracker: TrackerClient | None = None
     _stopped: bool = False
+    downloads: Downloads | None = None  # background fetches (agent/downloads.py)
 
     @property
     def url(self) -> str:
@@ -65,6 +68,8 @@ class RunningAgent:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.downloads is not None:
+            await self.downloads.close()  # as a pause: partial files stay
         await self._runner.cleanup()
         if self._owned_tracker is not None:
             await self._owned_tracker.close()
@@ -140,7 +145,11 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
     limits = Limits(parse_rate(config.upload_rate), config.max_client_connections)
-    runner = make_runner(inventory, limits)
+    app = make_app(inventory, limits)
+    downloads = Downloads(config.dir, config.tracker)
+    downloads.shared = lambda name: inventory.entry(name) is not None
+    add_routes(app, downloads, parse_allow(config.fetch_allow))
+    runner = make_runner(inventory, limits, app)
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)
@@ -161,7 +170,7 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
         reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot)
         inventory.on_change = reporter.notify
     agent = RunningAgent(config, host, bound_port, base_url, agent_id, inventory, reporter,
-                         runner, cache, _owned_tracker=owned)
+                         runner, cache, _owned_tracker=owned, downloads=downloads)
     agent._tasks.append(asyncio.create_task(inventory.run(config.rescan_seconds)))
     if reporter is not None:
         agent._tasks.append(asyncio.create_task(reporter.run()))

@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-client-connections", metavar="N",
                    help="file requests in flight from one client address; more get 503 "
                         "with Retry-After (default 8; 0 = no cap)")
+    s.add_argument("--fetch-allow", metavar="NET[,NET...]",
+                   help="addresses or networks that may hand this agent fetches through "
+                        "/fetches and /api/fetches (default 127.0.0.0/8,::1/128: this machine "
+                        "only); they download into DIR, so open this with care")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -89,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "advertise": args.advertise, "state_dir": args.state_dir,
                  "hash_workers": args.hash_workers, "rescan_seconds": args.rescan_seconds,
                  "settle_seconds": args.settle_seconds, "upload_rate": args.upload_rate,
-                 "max_client_connections": args.max_client_connections}
+                 "max_client_connections": args.max_client_connections,
+                 "fetch_allow": args.fetch_allow}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

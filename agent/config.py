@@ -40,6 +40,9 @@ class AgentConfig:
     max_client_connections
                     file requests in flight from one client address; one more gets 503 with
                     Retry-After (default 8; 0: no cap)
+    fetch_allow     client addresses or networks that may use the fetch page and API
+                    (/fetches, /api/fetches), which download into DIR; default loopback only.
+                    An empty list turns them off for everyone.
     """
 
     dir: str = ""
@@ -52,6 +55,7 @@ class AgentConfig:
     settle_seconds: float = 2.0
     upload_rate: str = ""
     max_client_connections: int = 8
+    fetch_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
@@ -72,6 +76,9 @@ class AgentConfig:
         if self.max_client_connections < 0:
             raise ConfigError("max_client_connections must not be negative, "
                               f"got {self.max_client_connections}")
+        from agent.fetch_page import parse_allow
+
+        parse_allow(self.fetch_allow)
         if self.settle_seconds < 0:
             raise ConfigError(f"settle_seconds must not be negative, got {self.settle_seconds}")
         return self
