@@ -3,6 +3,7 @@
     mfetch NAME [--tracker HOST:PORT] [-o OUT]     ask the tracker who holds NAME
     mfetch URL [URL ...] [-o OUT]                  mirrors of one file, no tracker
     mfetch FILE.meta4 [-o OUT]                     a Metalink 4 file's mirrors and hashes
+    mfetch --background NAME | URL...              hand the fetch to the local agent
 
 Exit status: 0 only for a complete, verified file; 1 on any error; 130 when
 interrupted (the verified pieces are kept, and the same command resumes).
@@ -86,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
                         "500K, 2M, 1G; K = 1024)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="seconds without a byte before a request is given up (default 8)")
+    bg = p.add_argument_group("background fetches (by the local agent)")
+    bg.add_argument("--background", action="store_true",
+                    help="hand the fetch to the agent, which saves it in its folder and "
+                         "shares it; prints the fetch id and where to watch it, and exits")
+    bg.add_argument("--agent", metavar="URL",
+                    help="the agent for --background (default http://127.0.0.1:7070)")
     web = p.add_argument_group("HTTP options (as in curl and wget)")
     web.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                      help="send this header (repeatable); Authorization and Cookie headers "
@@ -153,8 +160,10 @@ async def _main(args: argparse.Namespace) -> int:
              "max_connections_per_source": args.max_connections_per_source,
              "stall_timeout": args.stall_timeout,
              "max_connections_per_host": args.max_connections_per_host,
-             "limit_rate": args.limit_rate}
+             "limit_rate": args.limit_rate, "agent": args.agent}
     cfg = client_config.load(args.config, flags)
+    if args.background:
+        return await background(args, cfg)
     urls = [t for t in args.targets if "://" in t]
     meta = args.targets[0] if metalink.is_metalink(args.targets[0]) else None
     if urls and len(urls) != len(args.targets):
@@ -208,6 +217,30 @@ async def _main(args: argparse.Namespace) -> int:
         checked = f"sha256 {result.sha256}" if result.sha256 else "not hash-checked"
         print(f"{result.path}: {result.size} bytes in {result.seconds:.1f}s "
               f"({', '.join(result.verified)}; {checked})", file=sys.stderr)
+    return 0
+
+
+async def background(args: argparse.Namespace, cfg: client_config.ClientConfig) -> int:
+    """--background: the agent at cfg.agent fetches; print its id and where to watch."""
+    from client.background import hand_over
+
+    if args.output:
+        raise ConfigError("--background saves into the agent's folder: drop -o")
+    if metalink.is_metalink(args.targets[0]) and "://" not in args.targets[0]:
+        raise ConfigError("--background takes a NAME or URLs, not a local metalink file")
+    if args.sha256_file:
+        raise ConfigError("--background takes --sha256, not --sha256-file")
+    if args.sha256:
+        parse_sha256(args.sha256)
+    answer = await hand_over(cfg.agent, list(args.targets), args.sha256)
+    agent = cfg.agent.rstrip("/")
+    if args.json:
+        print(json.dumps({**answer, "agent": agent, "page": f"{agent}/fetches"}, indent=2))
+    else:
+        print(answer["id"])
+        if not args.quiet:
+            print(f"mfetch: the agent at {agent} is fetching it (id {answer['id']}); watch it at "
+                  f"{agent}/fetches or {agent}/api/fetches/{answer['id']}", file=sys.stderr)
     return 0
 
 

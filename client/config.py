@@ -16,6 +16,7 @@ class ClientConfig:
     connections: int = 2  # to start with, per source
     max_connections_per_source: int = 6  # the most to one source (URL)
     max_connections_per_host: int = 6  # over every source on one host:port: no server hammered
+    agent: str = "http://127.0.0.1:7070"  # the agent that --background hands fetches to
     limit_rate: str = ""  # bytes/s over all connections, curl-style (500K, 2M); "" = no limit
     stall_timeout: float = 8.0  # seconds without a byte before a request is abandoned
     connect_timeout: float = 5.0

@@ -172,3 +172,29 @@ async def test_fetches_are_refused_to_addresses_not_allowed(tmp_path) -> None:
     finally:
         await a.stop()
     assert os.listdir(d) == []
+
+
+async def test_mfetch_background_hands_the_fetch_to_the_agent(agent: Agent) -> None:
+    import asyncio
+
+    from tests import procs as _procs
+
+    mfetch = _procs.command("mfetch")
+    with FaultyServer(DATA) as src:
+        r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
+                                                 agent.agent.url, src.url])
+        assert r.returncode == 0, r.stderr
+        fid = r.stdout.strip()
+        assert f"{agent.agent.url}/fetches" in r.stderr and fid in r.stderr
+        done = await agent.until(fid, lambda f: f["state"] == "done", "finished")
+    assert done["targets"] == [src.url]
+    with open(os.path.join(agent.dir, "file.bin"), "rb") as fh:
+        assert fh.read() == DATA
+    # No agent there: one clear line, exit 1. A refused fetch: the agent's reason.
+    r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
+                                             "http://127.0.0.1:9", src.url])
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "no agent answers at http://127.0.0.1:9" in r.stderr
+    r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
+                                             agent.agent.url, "../x"])
+    assert r.returncode == 1 and "refused the fetch: '../x' is not a plain file name" in r.stderr
