@@ -175,7 +175,7 @@ button.primary { background: #2a6df4; color: #fff; border-color: #2a6df4; }
 .state.running, .state.planning { background: #dde8ff; } .state.paused { background: #fff3c4; }
 .bar { height: 14px; background: #e6e6e6; border-radius: 7px; overflow: hidden; margin: .5em 0; }
 .bar > div { height: 100%; background: #2a6df4; width: 0; }
-.state.done ~ .bar > div { background: #2fa84f; }
+.fetch[data-state=done] .bar > div { background: #2fa84f; }
 .figures { color: #555; font-size: .9em; }
 table.sources { border-collapse: collapse; margin-top: .4em; font-size: .85em; width: 100%; }
 table.sources td { padding: .1em .6em .1em 0; color: #444; word-break: break-all; }
