@@ -18,7 +18,7 @@ _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?(?:/s)?\s*", re.IGNOR
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
-def parse_rate(text: str | int | float, what: str = "rate") -> int:
+def parse_rate(text: str | float, what: str = "rate") -> int:
     """Bytes per second from '500K', '2M', '1G' or a plain number (as curl's --limit-rate:
     K, M, G are powers of 1024). 0 or '' means no limit. Raises ConfigError otherwise."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -76,8 +77,7 @@ async def test_fetch_by_url_lands_in_dir_and_is_shared(agent: Agent) -> None:
     assert done["sources"][0]["url"] == src.url and done["sources"][0]["bytes"] >= len(DATA)
     path = os.path.join(agent.dir, "file.bin")
     assert done["path"] == path
-    with open(path, "rb") as fh:
-        assert fh.read() == DATA
+    assert pathlib.Path(path).read_bytes() == DATA
     assert not [n for n in os.listdir(agent.dir) if n != "file.bin"]  # no .part, no .mfetch
     await eventually(lambda: agent.agent.inventory.entry("file.bin") is not None, what="shared")
     async with agent.http.get(agent.agent.url + "/files/file.bin") as r:
@@ -110,8 +110,7 @@ async def test_pause_keeps_the_part_resume_continues_cancel_deletes(agent: Agent
         done = await agent.until(fid, lambda f: f["state"] == "done", "finished")
         # Resumed from the verified pieces, not from zero.
         assert src.sent - before < len(DATA) - paused["bytes"] + 512 * 1024
-        with open(os.path.join(agent.dir, "file.bin"), "rb") as fh:
-            assert fh.read() == DATA
+        assert pathlib.Path(agent.dir, "file.bin").read_bytes() == DATA
         assert done["progress"] == 1.0
 
         # Cancel: a second fetch of another name, stopped mid-way, leaves nothing behind.
@@ -188,8 +187,7 @@ async def test_mfetch_background_hands_the_fetch_to_the_agent(agent: Agent) -> N
         assert f"{agent.agent.url}/fetches" in r.stderr and fid in r.stderr
         done = await agent.until(fid, lambda f: f["state"] == "done", "finished")
     assert done["targets"] == [src.url]
-    with open(os.path.join(agent.dir, "file.bin"), "rb") as fh:
-        assert fh.read() == DATA
+    assert pathlib.Path(agent.dir, "file.bin").read_bytes() == DATA
     # No agent there: one clear line, exit 1. A refused fetch: the agent's reason.
     r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
                                              "http://127.0.0.1:9", src.url])
