@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -148,7 +149,8 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     app = make_app(inventory, limits)
     downloads = Downloads(config.dir, config.tracker)
     downloads.shared = lambda name: inventory.entry(name) is not None
-    add_routes(app, downloads, parse_allow(config.fetch_allow))
+    names = [urlsplit(config.advertise).hostname or ""] if config.advertise else []
+    add_routes(app, downloads, parse_allow(config.fetch_allow), names)
     runner = make_runner(inventory, limits, app)
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")

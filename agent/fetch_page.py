@@ -18,13 +18,17 @@ folder, so only clients in ``fetch_allow`` (default loopback only) get the
 page or the API (403 otherwise). A web page in the user's own browser must
 not be able to start fetches through it either (the browser is on loopback):
 POSTs must be ``Content-Type: application/json`` (a cross-site form cannot
-send that without a CORS preflight, which is never granted), and a request
-whose ``Origin`` is not this agent's own is refused.
+send that without a CORS preflight, which is never granted), a request
+whose ``Origin`` is not this agent's own is refused, and so is one whose
+``Host`` is a name other than localhost, this machine's name or the advertised
+one (an IP address is fine): a site that rebinds its own name to 127.0.0.1
+would otherwise pass as same-origin.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -36,6 +40,7 @@ from common.errors import ConfigError, MfetchError
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DOWNLOADS: web.AppKey[Downloads] = web.AppKey("downloads", Downloads)
 _ALLOW: web.AppKey[tuple[Network, ...]] = web.AppKey("fetch_allow", tuple)
+_NAMES: web.AppKey[frozenset[str]] = web.AppKey("host_names", frozenset)
 MAX_BODY = 64 * 1024
 
 
@@ -52,9 +57,13 @@ def parse_allow(items: Sequence[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def add_routes(app: web.Application, downloads: Downloads, allow: tuple[Network, ...]) -> None:
+def add_routes(app: web.Application, downloads: Downloads, allow: tuple[Network, ...],
+               names: Sequence[str] = ()) -> None:
+    """Serve the page and the API to clients in `allow`; `names` are host names (besides
+    IP addresses, localhost and this machine's name) the agent may be addressed by."""
     app[_DOWNLOADS] = downloads
     app[_ALLOW] = allow
+    app[_NAMES] = frozenset(n.lower() for n in (*names, "localhost", socket.gethostname()) if n)
     app.router.add_get("/fetches", _guard(page))
     app.router.add_get("/api/fetches", _guard(list_fetches))
     app.router.add_post("/api/fetches", _guard(start_fetch))
@@ -79,6 +88,8 @@ def _guard(handler: Handler) -> Handler:
             ip = ip.ipv4_mapped
         if not any(ip in net for net in request.app[_ALLOW]):
             return _error(403, "fetches are not open to this address (see fetch_allow)")
+        if not _known_host(request.host, request.app[_NAMES]):
+            return _error(403, "unknown Host name (open the page by IP address or localhost)")
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"{request.scheme}://{request.host}":
             return _error(403, "cross-site requests are refused")
@@ -93,6 +104,18 @@ def _guard(handler: Handler) -> Handler:
         except MfetchError as e:
             return _error(400, str(e))
     return guarded
+
+
+def _known_host(host: str, names: frozenset[str]) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name.endswith(".localhost") or name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

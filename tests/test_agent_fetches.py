@@ -143,6 +143,14 @@ async def test_bad_requests_get_one_line_errors(agent: Agent) -> None:
     got, answer = await agent.api("/api/fetches", {"targets": ["http://127.0.0.1:9/x"]},
                                   Origin="http://evil.example")
     assert got == 403 and "cross-site" in answer["error"]
+    # A site that rebinds its name to 127.0.0.1 is same-origin to itself: its Host gives it away.
+    port = agent.agent.port
+    got, answer = await agent.api("/api/fetches", {"targets": ["http://127.0.0.1:9/x"]},
+                                  Host=f"evil.example:{port}",
+                                  Origin=f"http://evil.example:{port}")
+    assert got == 403 and "Host" in answer["error"]
+    got, _ = await agent.api("/api/fetches", Host=f"localhost:{port}")
+    assert got == 200
     _, listed = await agent.api("/api/fetches")
     assert listed == {"fetches": []}  # nothing was started by any of these
 
