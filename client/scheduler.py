@@ -377,8 +377,9 @@ class Scheduler:
     def _on_busy(self, src: _Source, fault: Fault) -> list[Action]:
         """The source wants fewer connections: one less, for the rest of this download."""
         now = self.clock()
-        if len(src.conns) > 1:
-            src.max_connections = src.target = len(src.conns) - 1
+        current = min(src.target, len(src.conns))  # refusals at once: one less each
+        if current > 1:
+            src.max_connections = src.target = current - 1
             src.saturated = True
             return []  # the connection that was refused closes when it next asks for work
         # One connection and still busy: wait as asked; that counts as a failure in a row.

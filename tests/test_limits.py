@@ -83,6 +83,20 @@ def test_busy_source_loses_a_connection_and_is_not_dropped() -> None:
     assert not _opened(s.handle(ev.Tick()))
 
 
+def test_busy_answers_at_once_each_cost_one_connection() -> None:
+    s, _ = _sched(initial_connections=5)
+    conns = _opened(s.start())
+    fetches = [s.handle(ev.ConnectionIdle(c.conn))[0] for c in conns]
+    busy = ev.Fault(ev.FaultKind.BUSY, "answered 503", 1.0)
+    for f in fetches[:3]:  # three refused before any connection has closed
+        assert isinstance(f, ev.Fetch)
+        s.handle(ev.RequestEnded(f.request, busy))
+    assert s.sources[0].target == 2 and s.sources[0].max_connections == 2
+    for c in conns[:3]:  # the refused ones close; the two still working carry on
+        assert s.handle(ev.ConnectionIdle(c.conn)) == [ev.CloseConnection(c.conn)]
+    assert s.sources[0].conns == {conns[3].conn, conns[4].conn}
+
+
 def test_busy_with_one_connection_waits_as_told_then_drops() -> None:
     s, now = _sched(initial_connections=1, max_failures=2)
     (c,) = _opened(s.start())
