@@ -184,13 +184,14 @@ class Downloads:
             got = done.count(1) * plan.piece_size
             if done and done[-1]:
                 got -= plan.pieces * plan.piece_size - plan.size
-            if d.state == State.RUNNING:
+            running = d.state == State.RUNNING
+            if running:
                 rate = sum(f.sched.source_rate(i) for i in range(len(f.sources)))
             for i, s in enumerate(f.sources):
                 st = f.sched.stats(i)
                 sources.append({"url": s.url, "kind": s.kind, "bytes": st.bytes,
-                                "rate": round(f.sched.source_rate(i)) if d.state == State.RUNNING
-                                else 0, "connections": st.connections,
+                                "rate": round(f.sched.source_rate(i)) if running else 0,
+                                "connections": st.connections if running else 0,
                                 "failures": st.failures, "dropped": st.dropped})
         elif d.plan is not None:
             sources = [{"url": s.url, "kind": s.kind, "bytes": 0, "rate": 0, "connections": 0,

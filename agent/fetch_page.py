@@ -250,7 +250,8 @@ function render(list) {
     for (const s of f.sources) sources.append(el("tr", {},
       el("td", {}, s.url), el("td", {}, s.kind), el("td", {}, human(s.bytes)),
       el("td", {}, human(s.rate) + "/s"),
-      el("td", {}, s.dropped ? "dropped: " + s.dropped : s.connections + " conn")));
+      el("td", {}, s.dropped ? "dropped: " + s.dropped
+                  : f.state === "running" ? s.connections + " conn" : "")));
     const bar = el("div", { class: "bar" }, el("div", { style: `width:${pct}%` }));
     return el("div", { class: "fetch", id: "fetch-" + f.id, "data-state": f.state },
       el("div", { class: "head" },
