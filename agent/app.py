@@ -147,7 +147,8 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
                           settle_seconds=config.settle_seconds)
     limits = Limits(parse_rate(config.upload_rate), config.max_client_connections)
     app = make_app(inventory, limits)
-    downloads = Downloads(config.dir, config.tracker)
+    downloads = Downloads(config.dir, config.tracker,
+                          state_file=os.path.join(state_dir, "fetches.json"))
     downloads.shared = lambda name: inventory.entry(name) is not None
     names = [urlsplit(config.advertise).hostname or ""] if config.advertise else []
     add_routes(app, downloads, parse_allow(config.fetch_allow), names)

@@ -16,13 +16,17 @@ file is ever shared, and the next scan announces it.
     list()/get(id)  state, progress, rate and per-source figures (plain dicts, JSON-ready)
 
 Memory stays small: bytes go straight to disk (client.storage), and only the
-last MAX_KEPT finished fetches are remembered.
+last MAX_KEPT finished fetches are remembered. The list is kept in the state
+dir (``fetches.json``, rewritten atomically), so after a restart the fetches
+that were running come back paused, ready to resume from their partial files.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import pathlib
 import time
 import uuid
@@ -83,6 +87,7 @@ class Download:
     fetcher: Fetcher | None = None
     streamed: int = 0  # a sizeless stream: no pieces, no progress but this
     owns_part: bool = False  # NAME.part is ours (not another fetch's of the same name)
+    saved_bytes: int = 0  # progress as last saved (before a restart)
     task: asyncio.Task[None] | None = None
 
 
@@ -109,12 +114,16 @@ class Downloads:
     """Fetches into `directory`; a NAME is looked up on `tracker` (HOST:PORT)."""
 
     def __init__(self, directory: str, tracker: str,
-                 client: client_config.ClientConfig | None = None) -> None:
+                 client: client_config.ClientConfig | None = None,
+                 state_file: str | None = None) -> None:
         self.dir = pathlib.Path(directory)
         self.tracker = tracker
         self.cfg = client or client_config.ClientConfig()
         self.items: dict[str, Download] = {}
         self.shared = lambda name: False  # set by the agent: is `name` in its inventory?
+        self.state_file = state_file
+        if state_file:
+            self._load()
 
     # ---- operations ---------------------------------------------------------
 
@@ -142,6 +151,7 @@ class Downloads:
             raise Conflict(f"fetch {fid} is {d.state}: only a running fetch can be paused")
         await self._stop(d)
         d.state = State.PAUSED
+        self._save()
         return d
 
     def resume(self, fid: str) -> Download:
@@ -162,6 +172,7 @@ class Downloads:
             for suffix in (".part", ".mfetch"):
                 with contextlib.suppress(OSError):
                     (self.dir / (d.name + suffix)).unlink()
+        self._save()
         return d
 
     async def close(self) -> None:
@@ -170,6 +181,7 @@ class Downloads:
             if d.state in ACTIVE:
                 await self._stop(d)
                 d.state = State.PAUSED
+        self._save()
 
     # ---- views --------------------------------------------------------------
 
@@ -178,7 +190,7 @@ class Downloads:
 
     def view(self, d: Download) -> dict[str, Any]:
         f = d.fetcher
-        got, rate, sources = d.streamed, 0.0, []
+        got, rate, sources = d.streamed or d.saved_bytes, 0.0, []
         if f is not None:
             plan, done = f.plan, f.store.done
             got = done.count(1) * plan.piece_size
@@ -215,6 +227,7 @@ class Downloads:
         d.state = State.PLANNING
         d.started = time.monotonic()
         d.task = asyncio.create_task(self._run(d), name=f"fetch-{d.id}")
+        self._save()
 
     async def _stop(self, d: Download) -> None:
         task, d.task = d.task, None
@@ -234,6 +247,7 @@ class Downloads:
         except Exception as e:  # never let one fetch take the agent down
             d.state, d.error = State.FAILED, f"internal error: {type(e).__name__}: {e}"
             log.exception("fetch %s failed", d.id)
+        self._save()
 
     async def _fetch(self, d: Download) -> None:
         cfg = self.cfg
@@ -285,6 +299,52 @@ class Downloads:
         finally:
             store.close()
         return sha
+
+    # ---- kept across restarts ------------------------------------------------
+
+    def _save(self) -> None:
+        """Write the list to the state file (temp file + rename); failures are logged."""
+        if not self.state_file:
+            return
+        docs = []
+        for d in self.items.values():
+            v = self.view(d)
+            docs.append({"id": d.id, "targets": list(d.targets),
+                         "sha256": d.sha256.hex() if d.sha256 else None, "name": d.name,
+                         "state": d.state, "error": d.error, "created": d.created,
+                         "size": d.size, "bytes": v["bytes"], "path": d.path,
+                         "final_sha256": d.final_sha256, "seconds": d.seconds,
+                         "owns_part": d.owns_part})
+        tmp = f"{self.state_file}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump({"version": 1, "fetches": docs}, f)
+            os.replace(tmp, self.state_file)
+        except OSError as e:
+            log.warning("cannot save the fetch list to %s: %s", self.state_file, e.strerror)
+
+    def _load(self) -> None:
+        assert self.state_file
+        try:
+            with open(self.state_file) as f:
+                docs = json.load(f)["fetches"]
+            for doc in docs:
+                d = Download(str(doc["id"]), tuple(doc["targets"]),
+                             bytes.fromhex(doc["sha256"]) if doc.get("sha256") else None,
+                             name=doc.get("name", ""), state=doc["state"],
+                             error=doc.get("error", ""), size=doc.get("size"),
+                             path=doc.get("path", ""), created=float(doc["created"]),
+                             seconds=float(doc.get("seconds", 0.0)),
+                             final_sha256=doc.get("final_sha256", ""),
+                             owns_part=bool(doc.get("owns_part")),
+                             saved_bytes=int(doc.get("bytes", 0)))
+                if d.state in ACTIVE:
+                    d.state = State.PAUSED  # the agent stopped under it: resume continues
+                self.items[d.id] = d
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring the saved fetch list %s: %s", self.state_file, e)
 
     def _forget_old(self) -> None:
         ended = [d for d in self.items.values() if d.state in ENDED]

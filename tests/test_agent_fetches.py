@@ -204,3 +204,34 @@ async def test_mfetch_background_hands_the_fetch_to_the_agent(agent: Agent) -> N
     r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
                                              agent.agent.url, "../x"])
     assert r.returncode == 1 and "refused the fetch: '../x' is not a plain file name" in r.stderr
+
+
+async def test_a_restarted_agent_lists_its_fetches_paused_and_resumes_them(tmp_path) -> None:
+    d = tmp_path / "share"
+    d.mkdir()
+    cfg = AgentConfig(dir=str(d), listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
+                      settle_seconds=0, rescan_seconds=0.2, hash_workers=1)
+    with FaultyServer(DATA, trickle=400_000) as src:
+        first = await start(cfg, report=False)
+        try:
+            async with aiohttp.ClientSession() as http:
+                a = Agent(first, str(d), http)
+                _, f = await a.api("/api/fetches", {"targets": [src.url]})
+                await a.until(f["id"], lambda f: f["bytes"] >= 512 * 1024, "got two pieces")
+        finally:
+            await first.stop()  # stops the fetch as a pause would
+        assert (d / "file.bin.part").exists()
+        second = await start(cfg, report=False)
+        try:
+            async with aiohttp.ClientSession() as http:
+                b = Agent(second, str(d), http)
+                back = await b.fetch_state(f["id"])
+                assert back["state"] == "paused" and back["bytes"] >= 512 * 1024, back
+                sent = src.sent
+                status, _ = await b.api(f"/api/fetches/{f['id']}/resume", {})
+                assert status == 200
+                await b.until(f["id"], lambda f: f["state"] == "done", "finished")
+                assert src.sent - sent < len(DATA) - 256 * 1024  # continued, not restarted
+        finally:
+            await second.stop()
+    assert (d / "file.bin").read_bytes() == DATA
