@@ -105,6 +105,10 @@ def check_targets(targets: list[str]) -> tuple[str, ...]:
         raise ConfigError("give one NAME at a time (several URLs are mirrors of one file)")
     for u in urls:
         check_url(u)
+        if strip_userinfo(u) != u:
+            # They would be kept in fetches.json and shown on the page: never take them.
+            raise ConfigError("URLs with a user or password are not accepted for background "
+                              "fetches")
     if not urls and safe_name(targets[0], "") != targets[0]:
         raise ConfigError(f"{targets[0]!r} is not a plain file name")
     return tuple(targets)

@@ -128,6 +128,7 @@ async def test_bad_requests_get_one_line_errors(agent: Agent) -> None:
         ({"targets": ["ftp://x/y"]}, 400, "only http:// and https://"),
         ({"targets": ["a", "b"]}, 400, "one NAME at a time"),
         ({"targets": ["../etc/passwd"]}, 400, "not a plain file name"),
+        ({"targets": ["http://me:secret@127.0.0.1:9/x"]}, 400, "user or password"),
         ({"targets": ["http://127.0.0.1:9/x"], "sha256": "zz"}, 400, "sha256"),
         ({"nothing": 1}, 400, "expected"),
     ]
