@@ -34,6 +34,7 @@ class ClientConfig:
             stall_timeout=self.stall_timeout,
             first_byte_timeout=self.first_byte_timeout,
             max_failures=self.max_failures,
+            tail_duplicates=parse_rate(self.limit_rate, "limit_rate") == 0,
         )
 
 

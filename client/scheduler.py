@@ -78,6 +78,9 @@ class SchedulerConfig:
     backoff_max: float = 15.0
     tail_margin: float = 1.5  # a thief must be this much faster than its victim
     latency_guess: float = 0.05  # cost of starting a request, before measuring
+    # Off under a local rate limit: a duplicate then only halves the useful rate, since
+    # both copies pass through the same bucket (splitting a range still happens).
+    tail_duplicates: bool = True
 
 
 class RateMeter:
@@ -501,7 +504,8 @@ class Scheduler:
                         self._fetch(conn, cut, cut + take, buffered=False)]
         # Duplicate the piece the victim is working on, if we would clearly win.
         piece = victim.cursor
-        if piece < victim.end and not self.done[piece] and not self.dups.get(piece):
+        if self.cfg.tail_duplicates and piece < victim.end and not self.done[piece] \
+                and not self.dups.get(piece):
             mine = self._piece_bytes(piece) / my_rate + latency
             if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
                 return [self._fetch(conn, piece, piece + 1, buffered=True)]

@@ -133,6 +133,22 @@ def test_held_request_is_not_stalled() -> None:
     assert any(isinstance(a, ev.Cancel) for a in s.handle(ev.Tick()))
 
 
+def test_no_tail_duplicates_when_they_would_share_our_own_limit() -> None:
+    for dups in (True, False):
+        s, now = _sched(pieces=1, sources=2, initial_connections=1, tail_duplicates=dups)
+        slow, fast = _opened(s.start())
+        f_slow = s.handle(ev.ConnectionIdle(slow.conn))[0]
+        now[0] = 0.1
+        s.handle(ev.BytesReceived(f_slow.request, 1000))
+        s.conns[fast.conn].meter.add(50 * 1000 * 1000, 0.0)  # clearly faster
+        now[0] = 1.0
+        got = s.handle(ev.ConnectionIdle(fast.conn))[0]
+        if dups:
+            assert isinstance(got, ev.Fetch) and got.buffered
+        else:
+            assert got == ev.Wait(fast.conn)
+
+
 def test_sources_on_one_host_share_its_connection_cap() -> None:
     s, now = _sched(sources=3, hosts=[0, 0, 1], initial_connections=3,
                     max_connections_per_source=6, max_connections_per_host=4)
@@ -173,6 +189,8 @@ def test_limit_rate_holds_over_all_connections(tmp_path) -> None:
     assert got <= rate * 1.10, f"{got / MiB:.2f} MiB/s over a 1 MiB/s limit"
     assert len(data) / took >= rate * 0.5, f"only {len(data) / took / MiB:.2f} MiB/s"
     assert not any(src["dropped"] or src["failures"] for src in s["sources"]), s
+    # Nothing fetched twice: under a shared limit a tail duplicate only wastes the rate.
+    assert sum(src["bytes"] for src in s["sources"]) == len(data), s
 
 
 def test_limit_rate_rejects_a_bad_rate(tmp_path) -> None:
