@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 
 import aiohttp
@@ -191,6 +192,22 @@ def test_limit_rate_holds_over_all_connections(tmp_path) -> None:
     assert not any(src["dropped"] or src["failures"] for src in s["sources"]), s
     # Nothing fetched twice: under a shared limit a tail duplicate only wastes the rate.
     assert sum(src["bytes"] for src in s["sources"]) == len(data), s
+
+
+def test_limit_rate_holds_for_a_sizeless_stream(tmp_path) -> None:
+    from tests.test_faults import _streaming_server
+
+    data = os.urandom(2 * MiB)
+    server = _streaming_server(data)  # chunked, no length, ranges ignored: one stream
+    try:
+        out = tmp_path / "out.bin"
+        s = _mfetch(f"{server.url}/stream.bin", "-o", str(out), "--limit-rate", "512K")
+    finally:
+        server.close()
+    assert out.read_bytes() == data
+    got = len(data) / s["seconds"]
+    print(f"mfetch --limit-rate 512K, one stream: {got / KiB:.0f} KiB/s")
+    assert got <= 512 * KiB * 1.10, f"{got / KiB:.0f} KiB/s over a 512 KiB/s limit"
 
 
 def test_limit_rate_rejects_a_bad_rate(tmp_path) -> None:
