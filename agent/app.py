@@ -13,17 +13,22 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from agent.config import AgentConfig
+from agent.downloads import Downloads
+from agent.fetch_page import add_routes, parse_allow
 from agent.hashcache import HashCache
 from agent.inventory import Inventory
+from agent.limits import Limits
 from agent.reporter import Reporter, TrackerApi
-from agent.server import make_runner
+from agent.server import make_app, make_runner
 from agent.status import OBSERVER
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
+from common.ratelimit import parse_rate
 from common.tracker_client import TrackerClient
 
 log = logging.getLogger("agent")
@@ -48,6 +53,7 @@ class RunningAgent:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _owned_tracker: TrackerClient | None = None
     _stopped: bool = False
+    downloads: Downloads | None = None  # background fetches (agent/downloads.py)
 
     @property
     def url(self) -> str:
@@ -64,6 +70,8 @@ class RunningAgent:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self.downloads is not None:
+            await self.downloads.close()  # as a pause: partial files stay
         await self._runner.cleanup()
         if self._owned_tracker is not None:
             await self._owned_tracker.close()
@@ -138,8 +146,16 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
-    runner = make_runner(inventory, token=config.resolved_http_token(),
-                         status_public=config.status_public)
+    limits = Limits(parse_rate(config.upload_rate), config.max_client_connections)
+    app = make_app(inventory, config.resolved_http_token(), limits=limits,
+                   status_public=config.status_public)
+    downloads = Downloads(config.dir, config.tracker,
+                          state_file=os.path.join(state_dir, "fetches.json"),
+                          link=config.tracker_link(), agent_token=config.resolved_http_token())
+    downloads.shared = lambda name: inventory.entry(name) is not None
+    names = [urlsplit(config.advertise).hostname or ""] if config.advertise else []
+    add_routes(app, downloads, parse_allow(config.fetch_allow), names)
+    runner = make_runner(inventory, app=app)
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)
@@ -165,7 +181,7 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     if reporter is not None:
         observer.connected = reporter.connected.is_set
     agent = RunningAgent(config, host, bound_port, base_url, agent_id, inventory, reporter,
-                         runner, cache, _owned_tracker=owned)
+                         runner, cache, _owned_tracker=owned, downloads=downloads)
     agent._tasks.append(asyncio.create_task(inventory.run(config.rescan_seconds)))
     if reporter is not None:
         agent._tasks.append(asyncio.create_task(reporter.run()))

@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--status-public", action="store_const", const=True, default=None,
                    help="answer /status, /api/status and /metrics to any client "
                         "(default: loopback clients only)")
+    s.add_argument("--upload-rate", metavar="RATE",
+                   help="send at most RATE bytes/s in total (as curl: 500K, 2M, 1G; "
+                        "default: no cap)")
+    s.add_argument("--max-client-connections", metavar="N",
+                   help="file requests in flight from one client address; more get 503 "
+                        "with Retry-After (default 8; 0 = no cap)")
+    s.add_argument("--fetch-allow", metavar="NET[,NET...]",
+                   help="addresses or networks that may hand this agent fetches through "
+                        "/fetches and /api/fetches (default 127.0.0.0/8,::1/128: this machine "
+                        "only); they download into DIR, so open this with care")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sec = s.add_argument_group("security (tokens: a file, or AGENT_TRACKER_TOKEN / "
                                "AGENT_HTTP_TOKEN in the environment; never on the command line)")
@@ -111,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "advertise": args.advertise, "state_dir": args.state_dir,
                  "hash_workers": args.hash_workers, "rescan_seconds": args.rescan_seconds,
                  "settle_seconds": args.settle_seconds, "http_token_file": args.http_token_file,
-                 "status_public": args.status_public, **security.link_flags(args)}
+                 "status_public": args.status_public, "upload_rate": args.upload_rate,
+                 "max_client_connections": args.max_client_connections,
+                 "fetch_allow": args.fetch_allow, **security.link_flags(args)}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

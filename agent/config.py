@@ -14,6 +14,7 @@ from typing import Any
 from common import config as common_config
 from common import security
 from common.errors import ConfigError
+from common.ratelimit import parse_rate
 
 DEFAULT_TRACKER = "127.0.0.1:7700"
 DEFAULT_LISTEN = "0.0.0.0:7070"
@@ -42,6 +43,14 @@ class AgentConfig:
     http_token(_file)     required as `Authorization: Bearer TOKEN` on /files/ and /pieces/
     status_public   serve /status, /api/status and /metrics to any client, not only
                     loopback ones (default false: they tell who downloads what)
+    upload_rate     at most this many bytes/s sent in total, curl-style (500K, 2M); "" or 0:
+                    no cap (default)
+    max_client_connections
+                    file requests in flight from one client address; one more gets 503 with
+                    Retry-After (default 8; 0: no cap)
+    fetch_allow     client addresses or networks that may use the fetch page and API
+                    (/fetches, /api/fetches), which download into DIR; default loopback only.
+                    An empty list turns them off for everyone.
     """
 
     dir: str = ""
@@ -61,6 +70,9 @@ class AgentConfig:
     http_token: str | None = field(default=None, repr=False)
     http_token_file: str | None = None
     status_public: bool = False
+    upload_rate: str = ""
+    max_client_connections: int = 8
+    fetch_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
@@ -77,6 +89,13 @@ class AgentConfig:
             raise ConfigError(f"hash_workers must be at least 1, got {self.hash_workers}")
         if self.rescan_seconds <= 0:
             raise ConfigError(f"rescan_seconds must be positive, got {self.rescan_seconds}")
+        parse_rate(self.upload_rate, "upload_rate")
+        if self.max_client_connections < 0:
+            raise ConfigError("max_client_connections must not be negative, "
+                              f"got {self.max_client_connections}")
+        from agent.fetch_page import parse_allow
+
+        parse_allow(self.fetch_allow)
         if self.settle_seconds < 0:
             raise ConfigError(f"settle_seconds must not be negative, got {self.settle_seconds}")
         self.tracker_link()  # certificate and token files are checked now

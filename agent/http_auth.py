@@ -6,6 +6,13 @@ or with another, is answered 401 with `WWW-Authenticate: Bearer` before any
 handler runs, so nothing about DIR (not even whether a path exists) is told.
 Tokens are compared in constant time. Pages added later that must stay open
 belong in OPEN_PATHS.
+
+One exception: the pages a person opens in a browser on the agent's own
+machine (LOCAL_PAGES: the status page, the fetch page and their JSON and
+metrics) need no token from a loopback client, since a browser cannot send a
+bearer token and those pages have their own address checks (loopback only by
+default, agent/status.py and agent/fetch_page.py). From any other address
+they need the token like everything else.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from aiohttp.typedefs import Middleware
 from common import security
 
 OPEN_PATHS = frozenset({"/healthz"})
+LOCAL_PAGES = ("/status", "/api/status", "/metrics", "/fetches", "/api/fetches")
 REALM = 'Bearer realm="mfetch-agent"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +38,8 @@ def require_token(token: str) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS and request.raw_path.split("?", 1)[0] in OPEN_PATHS:
             return await handler(request)
+        if _local_page(request):
+            return await handler(request)
         sent = security.presented_token(request.headers.get("Authorization"))
         if not security.token_matches(sent, expected):
             why = "a token is required" if sent is None else "wrong token"
@@ -38,3 +48,11 @@ def require_token(token: str) -> Middleware:
         return await handler(request)
 
     return check
+
+
+def _local_page(request: web.Request) -> bool:
+    from agent.status import is_loopback
+
+    path = request.path
+    return is_loopback(request.remote) and any(
+        path == p or path.startswith(p + "/") for p in LOCAL_PAGES)

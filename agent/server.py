@@ -53,6 +53,7 @@ from agent import status
 from agent.hashcache import StatKey
 from agent.http_auth import require_token
 from agent.inventory import Inventory, inside, is_shareable_name
+from agent.limits import Limits
 from agent.observe import AgentObserver, Transfer, counting_middleware
 from common import agent_api
 from common.http_ranges import content_range, parse_range
@@ -65,6 +66,7 @@ KEEPALIVE_TIMEOUT = 75.0
 SEND_STALL_TIMEOUT = 60.0  # most one CHUNK may wait for a client that stopped reading
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _INVENTORY: web.AppKey[Inventory] = web.AppKey("inventory", Inventory)
+_LIMITS: web.AppKey[Limits] = web.AppKey("limits", Limits)
 
 
 class PathVerdict(Enum):
@@ -194,11 +196,14 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
 async def _send_body(request: web.Request, resp: web.StreamResponse, fd: int, start: int,
                      end: int, observer: AgentObserver, transfer: Transfer) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
+    limits = request.app[_LIMITS]
+    step = limits.chunk(CHUNK)
     pos = start
     while pos < end:
-        chunk = await loop.run_in_executor(None, os.pread, fd, min(CHUNK, end - pos), pos)
+        chunk = await loop.run_in_executor(None, os.pread, fd, min(step, end - pos), pos)
         if not chunk:
             break  # truncated under us: the short body tells the client (length mismatch)
+        await limits.pace(len(chunk))  # the upload rate cap (agent/limits.py)
         try:
             async with asyncio.timeout(SEND_STALL_TIMEOUT):
                 await resp.write(chunk)  # waits for the socket to drain: memory stays bounded
@@ -232,27 +237,32 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 def make_runner(inventory: Inventory, token: str | None = None, *,
-                status_public: bool = False) -> web.AppRunner:
-    """An AppRunner for make_app(inventory, token) with the agent's connection bounds."""
-    app = make_app(inventory, token, status_public=status_public)
+                limits: Limits | None = None, status_public: bool = False,
+                app: web.Application | None = None) -> web.AppRunner:
+    """An AppRunner for make_app(inventory, token, ...) (or `app`, made by make_app)
+    with the agent's connection bounds."""
+    app = app or make_app(inventory, token, limits=limits, status_public=status_public)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
     app[status.OBSERVER].open_connections = (
         lambda: len(runner.server.connections) if runner.server is not None else 0)
     return runner
 
 
-def make_app(inventory: Inventory, token: str | None = None, *,
+def make_app(inventory: Inventory, token: str | None = None, *, limits: Limits | None = None,
              status_public: bool = False) -> web.Application:
     """The aiohttp application serving `inventory.root` and the pieces it holds, with
     its status page and metrics (agent/status.py; loopback clients only unless
     `status_public`); with `token`, every path but the open ones (agent.http_auth)
-    needs it, the status paths included."""
+    needs it, the status paths included; `limits` caps uploads (agent/limits.py)."""
     observer = AgentObserver(inventory)
+    limits = limits or Limits()
     middlewares = [counting_middleware(observer)]
     if token:
         middlewares.append(require_token(token))
+    middlewares.append(limits.middleware)
     app = web.Application(middlewares=middlewares)
     app[_INVENTORY] = inventory
+    app[_LIMITS] = limits
     status.add_routes(app, observer, public=status_public)
     app.router.add_get(agent_api.FILES_PREFIX + "{tail:.*}", handle_file)  # GET and HEAD
     app.router.add_get(agent_api.PIECES_PREFIX + "{sha256}", handle_pieces)

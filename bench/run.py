@@ -369,7 +369,8 @@ def tool_table(mfetch_bin: str) -> dict[str, Tool]:
         # Memory under many connections: 32 to one source from the start.
         "mfetch-32": Tool("mfetch-32", lambda urls, out: [
             mfetch_bin, *urls, "-o", str(out), "--quiet", "--json",
-            "--connections", "32", "--max-connections", "32"], mfetch_bin),
+            "--connections", "32", "--max-connections", "32",
+            "--max-host-connections", "32"], mfetch_bin),
         "aria2c": Tool("aria2c", lambda urls, out: aria2_common(out) + urls, "aria2c"),
         "aria2c-tuned": Tool("aria2c-tuned", aria2_tuned, "aria2c"),
         "axel": Tool("axel", lambda urls, out: ["axel", "-q", "-n", str(max(16, len(urls))),

@@ -3,6 +3,7 @@
     mfetch NAME [--tracker HOST:PORT] [-o OUT]     ask the tracker who holds NAME
     mfetch URL [URL ...] [-o OUT]                  mirrors of one file, no tracker
     mfetch FILE.meta4 [-o OUT]                     a Metalink 4 file's mirrors and hashes
+    mfetch --background NAME | URL...              hand the fetch to the local agent
 
 Exit status: 0 only for a complete, verified file; 1 on any error; 130 when
 interrupted (the verified pieces are kept, and the same command resumes).
@@ -47,6 +48,7 @@ from client.storage import PartFile
 from client.stream import stream_fetch
 from common import security
 from common.errors import ConfigError, MfetchError, StorageError
+from common.ratelimit import TokenBucket
 
 log = logging.getLogger("mfetch")
 
@@ -78,8 +80,20 @@ def parser() -> argparse.ArgumentParser:
                    help="connections per source to start with (default 2)")
     p.add_argument("--max-connections", dest="max_connections_per_source", type=int,
                    metavar="N", help="most connections to one source (default 6)")
+    p.add_argument("--max-host-connections", dest="max_connections_per_host", type=int,
+                   metavar="N", help="most connections to one host:port, over all its source "
+                                     "URLs (default 6)")
+    p.add_argument("--limit-rate", metavar="RATE",
+                   help="at most RATE bytes/s in total, over all connections (as curl: "
+                        "500K, 2M, 1G; K = 1024)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="seconds without a byte before a request is given up (default 8)")
+    bg = p.add_argument_group("background fetches (by the local agent)")
+    bg.add_argument("--background", action="store_true",
+                    help="hand the fetch to the agent, which saves it in its folder and "
+                         "shares it; prints the fetch id and where to watch it, and exits")
+    bg.add_argument("--agent", metavar="URL",
+                    help="the agent for --background (default http://127.0.0.1:7070)")
     web = p.add_argument_group("HTTP options (as in curl and wget)")
     web.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                      help="send this header (repeatable); Authorization and Cookie headers "
@@ -154,8 +168,11 @@ async def _main(args: argparse.Namespace) -> int:
     flags = {"tracker": args.tracker, "connections": args.connections,
              "max_connections_per_source": args.max_connections_per_source,
              "stall_timeout": args.stall_timeout, "agent_token_file": args.agent_token_file,
-             **security.link_flags(args)}
+             "max_connections_per_host": args.max_connections_per_host,
+             "limit_rate": args.limit_rate, "agent": args.agent, **security.link_flags(args)}
     cfg = client_config.load(args.config, flags)
+    if args.background:
+        return await background(args, cfg)
     urls = [t for t in args.targets if "://" in t]
     meta = args.targets[0] if metalink.is_metalink(args.targets[0]) else None
     if urls and len(urls) != len(args.targets):
@@ -179,7 +196,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
                               read_timeout=cfg.stall_timeout + 5,
-                              per_host=cfg.max_connections_per_source + 1) as http:
+                              per_host=cfg.max_connections_per_host + 1) as http:
             if args.sha256_file:
                 target = name_from_url(urls[0]) if urls else safe_name(args.targets[0])
                 sha256 = await sums_digest(http, args.sha256_file, target)
@@ -198,7 +215,8 @@ async def _main(args: argparse.Namespace) -> int:
             for note in plan.notes:
                 log.warning("%s", note)
             if plan.stream:
-                result = await fetch_stream(plan, out, http, started)
+                result = await fetch_stream(plan, out, http, started,
+                                            client_config.rate_limit(cfg))
             else:
                 result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started)
     except asyncio.CancelledError:
@@ -209,6 +227,30 @@ async def _main(args: argparse.Namespace) -> int:
         checked = f"sha256 {result.sha256}" if result.sha256 else "not hash-checked"
         print(f"{result.path}: {result.size} bytes in {result.seconds:.1f}s "
               f"({', '.join(result.verified)}; {checked})", file=sys.stderr)
+    return 0
+
+
+async def background(args: argparse.Namespace, cfg: client_config.ClientConfig) -> int:
+    """--background: the agent at cfg.agent fetches; print its id and where to watch."""
+    from client.background import hand_over
+
+    if args.output:
+        raise ConfigError("--background saves into the agent's folder: drop -o")
+    if metalink.is_metalink(args.targets[0]) and "://" not in args.targets[0]:
+        raise ConfigError("--background takes a NAME or URLs, not a local metalink file")
+    if args.sha256_file:
+        raise ConfigError("--background takes --sha256, not --sha256-file")
+    if args.sha256:
+        parse_sha256(args.sha256)
+    answer = await hand_over(cfg.agent, list(args.targets), args.sha256)
+    agent = cfg.agent.rstrip("/")
+    if args.json:
+        print(json.dumps({**answer, "agent": agent, "page": f"{agent}/fetches"}, indent=2))
+    else:
+        print(answer["id"])
+        if not args.quiet:
+            print(f"mfetch: the agent at {agent} is fetching it (id {answer['id']}); watch it at "
+                  f"{agent}/fetches or {agent}/api/fetches/{answer['id']}", file=sys.stderr)
     return 0
 
 
@@ -258,7 +300,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         from client.progress import Progress
         progress = Progress(plan.name)
     fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
-                      on_progress=progress)
+                      on_progress=progress, limit=client_config.rate_limit(cfg))
     try:
         if progress:
             with progress:
@@ -273,11 +315,11 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
 
 
 async def fetch_stream(plan: Plan, out: pathlib.Path, http: HttpClient,
-                       started: float) -> Result:
+                       started: float, limit: TokenBucket | None = None) -> Result:
     """A source that gives no size: one stream (see client/stream.py)."""
     url = plan.sources[0].url
     log.warning("%s gives no size: fetching it in one stream, without ranges or resume", url)
-    size, sha, notes = await stream_fetch(http, url, out, plan.sha256)
+    size, sha, notes = await stream_fetch(http, url, out, plan.sha256, limit)
     for note in notes:
         log.warning("%s", note)
     report = SourceReport(url, "url", size, 0, 0, "")

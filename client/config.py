@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 
 from client.scheduler import SchedulerConfig
 from common.config import build, env_layer, load_yaml
+from common.ratelimit import TokenBucket, parse_rate
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     tracker: str = "127.0.0.1:7700"
     connections: int = 2  # to start with, per source
-    max_connections_per_source: int = 6  # the per-host cap: no server is hammered
+    max_connections_per_source: int = 6  # the most to one source (URL)
+    max_connections_per_host: int = 6  # over every source on one host:port: no server hammered
+    agent: str = "http://127.0.0.1:7070"  # the agent that --background hands fetches to
+    limit_rate: str = ""  # bytes/s over all connections, curl-style (500K, 2M); "" = no limit
     stall_timeout: float = 8.0  # seconds without a byte before a request is abandoned
     connect_timeout: float = 5.0
     first_byte_timeout: float = 15.0
@@ -36,10 +40,18 @@ class ClientConfig:
         return SchedulerConfig(
             initial_connections=self.connections,
             max_connections_per_source=self.max_connections_per_source,
+            max_connections_per_host=self.max_connections_per_host,
             stall_timeout=self.stall_timeout,
             first_byte_timeout=self.first_byte_timeout,
             max_failures=self.max_failures,
+            tail_duplicates=parse_rate(self.limit_rate, "limit_rate") == 0,
         )
+
+
+def rate_limit(cfg: ClientConfig) -> TokenBucket | None:
+    """The shared bucket for cfg.limit_rate, or None without a limit."""
+    rate = parse_rate(cfg.limit_rate, "limit_rate")
+    return TokenBucket(rate) if rate > 0 else None
 
 
 def default_config_path() -> pathlib.Path | None:
@@ -56,7 +68,9 @@ def load(config_file: str | None, flags: dict[str, object]) -> ClientConfig:
     cfg = build(ClientConfig, file_layer, origin=str(path or "config"))
     cfg = build(ClientConfig, vars(cfg), env_layer("MFETCH", ClientConfig), origin="environment")
     cfg = build(ClientConfig, vars(cfg), flags, origin="flags")
-    for name in ("connections", "max_connections_per_source", "max_failures"):
+    parse_rate(cfg.limit_rate, "limit_rate")  # a bad rate fails here, with its name
+    for name in ("connections", "max_connections_per_source", "max_connections_per_host",
+                 "max_failures"):
         if getattr(cfg, name) < 1:
             from common.errors import ConfigError
             raise ConfigError(f"{name} must be at least 1")

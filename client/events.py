@@ -15,12 +15,14 @@ class FaultKind(enum.Enum):
 
     TRANSIENT = "transient"  # connection reset, timeout, 5xx: retry after a backoff
     FATAL = "fatal"  # 4xx, a range or validator the source got wrong: drop the source
+    BUSY = "busy"  # 503/429 with Retry-After: the source is fine but wants fewer connections
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
     kind: FaultKind
     message: str
+    retry_after: float = 0.0  # BUSY: seconds the source asked us to wait (Retry-After)
 
 
 # ---- events: shell -> core ------------------------------------------------
@@ -71,11 +73,21 @@ class RangesIgnored:
 
 
 @dataclass(frozen=True, slots=True)
+class Throttled:
+    """The shell holds back `request`'s bytes for a local rate limit (`held`), or
+    lets them go again. A held request is not stalled: the wait is ours."""
+
+    request: int
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: check timeouts and adapt connection counts."""
 
 
-Event = ConnectionIdle | BytesReceived | PieceDone | PieceBad | RequestEnded | RangesIgnored | Tick
+Event = (ConnectionIdle | BytesReceived | PieceDone | PieceBad | RequestEnded | RangesIgnored
+         | Throttled | Tick)
 
 
 # ---- actions: core -> shell -------------------------------------------------

@@ -26,6 +26,7 @@ from client.http import (
     HttpClient,
     check_range_response,
     describe,
+    origin,
     status_fault,
     validator_of,
 )
@@ -34,6 +35,7 @@ from client.repair import UNKNOWN, repair
 from client.scheduler import Scheduler, SchedulerConfig
 from client.storage import ContentKey, PartFile
 from common.errors import IntegrityError, MfetchError, SourceError
+from common.ratelimit import TokenBucket
 
 log = logging.getLogger("mfetch")
 
@@ -154,13 +156,18 @@ class Fetcher:
 
     def __init__(self, plan: Plan, store: PartFile, *, config: SchedulerConfig | None = None,
                  http: HttpClient, done: set[int] | None = None,
-                 on_progress: Callable[[Fetcher], None] | None = None) -> None:
+                 on_progress: Callable[[Fetcher], None] | None = None,
+                 limit: TokenBucket | None = None) -> None:
         self.plan = plan
+        self.limit = limit  # one bucket for every connection (--limit-rate)
         self.store = store
         self.http = http
         self.sources = [_SourceState(s.url, s.kind, s.validator) for s in plan.sources]
+        hosts: dict[str, int] = {}  # sources on one host:port share its connection cap
         self.sched = Scheduler(plan.pieces, plan.piece_size, plan.size, len(plan.sources),
-                               done=done or (), config=config, clock=time.monotonic)
+                               done=done or (), config=config, clock=time.monotonic,
+                               hosts=[hosts.setdefault(origin(s.url), len(hosts))
+                                      for s in plan.sources])
         for i, s in enumerate(plan.sources):
             if not s.ranges:
                 self.sched.sources[i].ranges = False
@@ -322,7 +329,7 @@ class Fetcher:
                     self.emit(ev.RangesIgnored(f.request))
                     return None
                 if resp.status not in (200, 206):
-                    return status_fault(resp.status, resp.reason)
+                    return status_fault(resp.status, resp.reason, resp.headers)
                 if resp.status == 206:
                     bad = check_range_response(resp, start, end, plan.size, src.validator)
                     if bad:
@@ -343,7 +350,10 @@ class Fetcher:
                         chunk = await resp.content.readany()
                         if not chunk:
                             break
-                        if not sink.feed(chunk):
+                        if self.limit is not None:
+                            if not await self._feed_limited(sink, f.request, chunk):
+                                break
+                        elif not sink.feed(chunk):
                             break
                 finally:
                     lowat.reset()
@@ -354,6 +364,23 @@ class Fetcher:
             raise
         except TRANSIENT_ERRORS as e:
             return ev.Fault(ev.FaultKind.TRANSIENT, describe(e))
+
+    async def _feed_limited(self, sink: PieceSink, request: int, chunk: bytes) -> bool:
+        """sink.feed(chunk), in slices paced by the shared bucket. While a slice
+        waits, the scheduler is told the request is held (not stalled); the
+        socket is not read meanwhile, so TCP slows the source down to our rate."""
+        assert self.limit is not None
+        step = self.limit.slice
+        for i in range(0, len(chunk), step):
+            part = chunk[i:i + step]
+            wait = self.limit.reserve(len(part))
+            if wait > 0:
+                self.emit(ev.Throttled(request, True))
+                await asyncio.sleep(wait)
+                self.emit(ev.Throttled(request, False))
+            if not sink.feed(part):
+                return False
+        return True
 
     async def _tick(self) -> None:
         last_checkpoint = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import email.utils
 import http.cookiejar
 import http.cookies
 import netrc
@@ -324,11 +325,32 @@ def check_range_response(resp: aiohttp.ClientResponse, start: int, end: int, siz
     return None
 
 
-def status_fault(status: int, reason: str | None) -> Fault:
+def status_fault(status: int, reason: str | None,
+                 headers: Mapping[str, str] | None = None) -> Fault:
     text = f"answered {status} {reason or ''}".rstrip()
+    retry_after = retry_after_seconds((headers or {}).get("Retry-After", ""))
+    if status in (429, 503) and retry_after is not None:
+        # "Busy, come back later" (e.g. an agent's per-client connection cap): the
+        # source is fine, it wants fewer connections (RFC 9110 §10.2.3).
+        return Fault(FaultKind.BUSY, text, retry_after)
     if status >= 500 or status in (408, 429):
         return Fault(FaultKind.TRANSIENT, text)
     return Fault(FaultKind.FATAL, text)
+
+
+def retry_after_seconds(value: str) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date); None if absent
+    or malformed. Capped at 60 s: a server cannot park a download for long."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(60.0, float(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(60.0, max(0.0, when.timestamp() - time.time()))
 
 
 def describe(e: BaseException) -> str:

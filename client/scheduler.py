@@ -11,7 +11,14 @@ answers with actions, and never touches a socket, a file or the real clock
   what is left, so a slow source holds little at the end.
 - Connections per source start at ``initial_connections`` and grow one at a
   time while each addition raises that source's throughput, up to
-  ``max_connections_per_source``.
+  ``max_connections_per_source``, and never beyond ``max_connections_per_host``
+  over all the sources on one host (``hosts`` says which sources share one).
+- A source that answers "busy" (503/429 with Retry-After, e.g. an agent's
+  per-client cap) keeps its work but loses a connection: its cap for this
+  download drops below what it had. Only busy answers to a single connection
+  count as failures.
+- Requests the shell holds back for a local rate limit (``Throttled``) are not
+  stalled: the stall clock stops while they are held.
 - The tail: when nothing is unclaimed, an idle connection that would finish
   sooner takes the far part of the slowest request (the victim is truncated),
   or duplicates the piece expected to finish last; the first verified copy wins
@@ -45,6 +52,7 @@ from client.events import (
     PieceDone,
     RangesIgnored,
     RequestEnded,
+    Throttled,
     Tick,
     Truncate,
     Wait,
@@ -57,6 +65,7 @@ NO_OWNER = -1
 class SchedulerConfig:
     initial_connections: int = 2
     max_connections_per_source: int = 6
+    max_connections_per_host: int = 6  # over every source on one host (host:port)
     request_seconds: float = 1.5
     max_request_bytes: int = 64 * 1024 * 1024
     rate_window: float = 0.5
@@ -69,6 +78,9 @@ class SchedulerConfig:
     backoff_max: float = 15.0
     tail_margin: float = 1.5  # a thief must be this much faster than its victim
     latency_guess: float = 0.05  # cost of starting a request, before measuring
+    # Off under a local rate limit: a duplicate then only halves the useful rate, since
+    # both copies pass through the same bucket (splitting a range still happens).
+    tail_duplicates: bool = True
 
 
 class RateMeter:
@@ -150,6 +162,7 @@ class _Request:
     got: int = 0  # bytes received
     got_in_cursor: int = 0  # bytes received of the piece at `cursor`
     last_byte: float | None = None
+    held: bool = False  # held back by the shell's rate limit: not stalled
 
 
 @dataclass
@@ -182,6 +195,7 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        hosts: Iterable[int] | None = None,
     ) -> None:
         self.cfg = config or SchedulerConfig()
         self.clock = clock
@@ -196,6 +210,8 @@ class Scheduler:
         self.owner = [NO_OWNER] * pieces  # the one request streaming a piece to disk
         self.dups: dict[int, set[int]] = {}  # piece -> buffered requests copying it
         self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
+        # Which host each source is on (equal numbers: one host, one connection cap).
+        self.host_of = list(hosts) if hosts is not None else list(range(sources))
         self.conns: dict[int, _Conn] = {}
         self.requests: dict[int, _Request] = {}
         self._next_id = 0
@@ -241,6 +257,13 @@ class Scheduler:
                 return self._on_request_ended(rid, fault)
             case RangesIgnored(rid):
                 return self._on_ranges_ignored(rid)
+            case Throttled(rid, held):
+                req = self.requests.get(rid)
+                if req is not None:
+                    req.held = held
+                    if not held and req.last_byte is not None:
+                        req.last_byte = self.clock()  # the stall clock restarts now
+                return []
             case Tick():
                 return self._on_tick()
         raise TypeError(f"unknown event {event!r}")
@@ -345,12 +368,31 @@ class Scheduler:
         if fault is None:
             return out
         src.failures += 1
+        if fault.kind is FaultKind.BUSY:
+            return out + self._on_busy(src, fault)
         src.in_a_row += 1
         if fault.kind is FaultKind.FATAL or src.in_a_row >= self.cfg.max_failures:
             return out + self._drop(src.id, fault.message)
         delay = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (src.in_a_row - 1))
         src.blocked_until = self.clock() + delay * self.rng.uniform(0.5, 1.5)
         return out
+
+    def _on_busy(self, src: _Source, fault: Fault) -> list[Action]:
+        """The source wants fewer connections: one less, for the rest of this download."""
+        now = self.clock()
+        current = min(src.target, len(src.conns))  # refusals at once: one less each
+        if current > 1:
+            src.max_connections = src.target = current - 1
+            src.saturated = True
+            return []  # the connection that was refused closes when it next asks for work
+        # One connection and still busy: wait as asked; that counts as a failure in a row.
+        src.in_a_row += 1
+        if src.in_a_row >= self.cfg.max_failures:
+            return self._drop(src.id, f"{fault.message} (busy {src.in_a_row} times in a row)")
+        delay = max(fault.retry_after,
+                    min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** (src.in_a_row - 1)))
+        src.blocked_until = now + delay * self.rng.uniform(1.0, 1.5)
+        return []
 
     def _on_ranges_ignored(self, rid: int) -> list[Action]:
         req = self.requests.get(rid)
@@ -373,6 +415,8 @@ class Scheduler:
         now = self.clock()
         out: list[Action] = []
         for req in list(self.requests.values()):
+            if req.held:
+                continue  # waiting for our own rate limit, not for the source
             heard = req.last_byte is not None
             quiet_since = req.last_byte if req.last_byte is not None else req.started
             limit = self.cfg.stall_timeout if heard else self.cfg.first_byte_timeout
@@ -460,7 +504,8 @@ class Scheduler:
                         self._fetch(conn, cut, cut + take, buffered=False)]
         # Duplicate the piece the victim is working on, if we would clearly win.
         piece = victim.cursor
-        if piece < victim.end and not self.done[piece] and not self.dups.get(piece):
+        if self.cfg.tail_duplicates and piece < victim.end and not self.done[piece] \
+                and not self.dups.get(piece):
             mine = self._piece_bytes(piece) / my_rate + latency
             if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
                 return [self._fetch(conn, piece, piece + 1, buffered=True)]
@@ -480,6 +525,8 @@ class Scheduler:
         if src.rate_before_add and rate < src.rate_before_add * self.cfg.adapt_gain:
             src.saturated = True  # the last connection bought nothing: stop adding
             return out
+        if self._host_connections(src) >= self.cfg.max_connections_per_host:
+            return out  # the host is at its cap: nothing to try
         src.rate_before_add = rate
         src.target += 1
         return out + self._open_up_to_target(src)
@@ -536,9 +583,14 @@ class Scheduler:
         self.sources[conn.source].conns.discard(conn.id)
         return out + [CloseConnection(conn.id)]
 
+    def _host_connections(self, src: _Source) -> int:
+        host = self.host_of[src.id]
+        return sum(len(s.conns) for s in self.sources if self.host_of[s.id] == host)
+
     def _open_up_to_target(self, src: _Source) -> list[Action]:
         out: list[Action] = []
-        while not src.dropped and len(src.conns) < src.target:
+        while not src.dropped and len(src.conns) < src.target \
+                and self._host_connections(src) < self.cfg.max_connections_per_host:
             cid = self._new_id()
             self.conns[cid] = _Conn(cid, src.id, RateMeter(self.cfg.rate_window, self.clock()))
             src.conns.add(cid)

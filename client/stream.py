@@ -9,6 +9,7 @@ user is told.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import pathlib
@@ -16,6 +17,7 @@ import zlib
 
 from client.http import TRANSIENT_ERRORS, HttpClient, describe
 from common.errors import IntegrityError, SourceError, StorageError
+from common.ratelimit import TokenBucket
 
 CHUNK = 256 * 1024
 
@@ -31,7 +33,8 @@ def _decoder(encoding: str) -> zlib._Decompress | None:  # type: ignore[name-def
 
 
 async def stream_fetch(http: HttpClient, url: str, out: pathlib.Path,
-                       sha256: bytes | None) -> tuple[int, str, list[str]]:
+                       sha256: bytes | None, limit: TokenBucket | None = None
+                       ) -> tuple[int, str, list[str]]:
     """Fetch `url` in one stream into `out`; returns (size, sha256 hex, notes).
 
     Raises SourceError, IntegrityError (digest mismatch; nothing is renamed)
@@ -54,9 +57,11 @@ async def stream_fetch(http: HttpClient, url: str, out: pathlib.Path,
             if decoder is not None:
                 notes.append(f"{url} sent a {encoding}-compressed body; saved it decoded")
             while True:
-                chunk = await resp.content.read(CHUNK)
+                chunk = await resp.content.read(limit.slice if limit else CHUNK)
                 if not chunk:
                     break
+                if limit is not None:  # --limit-rate: not read on until its time
+                    await asyncio.sleep(limit.reserve(len(chunk)))
                 while chunk:  # at most CHUNK decoded bytes at a time: no bomb in memory
                     if decoder:
                         data = decoder.decompress(chunk, CHUNK)

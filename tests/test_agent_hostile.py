@@ -57,8 +57,11 @@ async def served(tmp_path, monkeypatch) -> AsyncIterator[Served]:
         os.mknod(d / "zero", stat.S_IFCHR | 0o644, os.makedev(1, 5))  # like /dev/zero
     except OSError:
         pass  # no CAP_MKNOD: the device test skips
+    # No per-client cap here: these tests send many requests at once from one address
+    # (the cap itself is tested in test_limits.py).
     cfg = AgentConfig(dir=str(d), listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
-                      settle_seconds=0, rescan_seconds=0.2, hash_workers=1)
+                      settle_seconds=0, rescan_seconds=0.2, hash_workers=1,
+                      max_client_connections=0)
     running = await start(cfg, report=False)
     await eventually(lambda: running.inventory.entry("data.bin") is not None, what="first scan")
     async with aiohttp.ClientSession(auto_decompress=False) as http:

@@ -325,3 +325,33 @@ def test_fetch_through_a_mutual_tls_tracker(procs, tmp_path):
     _one_line_error(_mfetch(*common, "-o", str(tmp_path / "z"), "--tracker-ca", pki.ca,
                             "--tracker-cert", pki.client_cert, "--tracker-key", pki.key),
                     "does not match")
+
+
+@pytest.mark.parametrize("remote, path, allowed", [
+    ("127.0.0.1", "/status", True),
+    ("::1", "/api/fetches/abc/pause", True),
+    ("127.0.0.1", "/files/a.bin", False),       # data always needs the token
+    ("127.0.0.1", "/statusx", False),           # only the pages themselves
+    ("192.0.2.7", "/status", False),            # from the LAN the pages need it too
+    ("192.0.2.7", "/fetches", False),
+])
+async def test_local_pages_need_no_token_from_loopback_only(remote, path, allowed):
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from agent.http_auth import require_token
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda k, d=None: (remote, 1234) if k == "peername" else d
+    request = make_mocked_request("GET", path, transport=transport)
+
+    async def handler(request):
+        return web.Response(text="ok")
+
+    check = require_token("s3cret-token-0123456789")
+    if allowed:
+        assert (await check(request, handler)).status == 200
+    else:
+        with pytest.raises(web.HTTPUnauthorized):
+            await check(request, handler)

@@ -22,9 +22,8 @@ from common import config as common_config
 from common import logs, security
 from common.errors import MfetchError
 from common.tracker_client import DEFAULT_ADDRESS, TrackerClient
-from tracker import auth, server
+from tracker import auth, server, status_cmd
 from tracker import config as tconfig
-from tracker import status_cmd
 from tracker.redis_store import redact
 
 PROG = "tracker"

@@ -1,0 +1,45 @@
+"""`mfetch --background`: hand a fetch to the local agent instead of running it here.
+
+The agent (``agent serve DIR``) fetches into its DIR and shares the file once
+done; see agent/fetch_page.py for its API. The default agent is
+http://127.0.0.1:7070 (the agent's default port on this machine); --agent,
+``agent:`` in the config file or $MFETCH_AGENT name another.
+"""
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from client.http import check_url, describe
+from common.errors import ConfigError, SourceError
+
+DEFAULT_AGENT = "http://127.0.0.1:7070"
+
+
+async def hand_over(agent: str, targets: list[str], sha256: str | None,
+                    timeout: float = 10.0) -> dict[str, object]:
+    """POST the fetch to `agent`; returns the agent's view of it (with its "id").
+
+    Raises ConfigError for a bad agent URL or a fetch the agent refuses,
+    SourceError when no agent answers.
+    """
+    agent = agent.rstrip("/")
+    check_url(agent)
+    body = {"targets": targets, "sha256": sha256}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
+                s.post(f"{agent}/api/fetches", json=body) as r:
+            text = await r.text()
+            try:
+                answer = json.loads(text)
+            except ValueError:
+                answer = None
+            if r.status == 201 and isinstance(answer, dict) and "id" in answer:
+                return answer
+            reason = answer.get("error") if isinstance(answer, dict) else None
+            raise ConfigError(f"the agent at {agent} refused the fetch: "
+                              f"{reason or f'{r.status} {r.reason}'}")
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        raise SourceError(f"no agent answers at {agent} ({describe(e)}); start one with "
+                          "`agent serve DIR`, or name it with --agent URL") from None
