@@ -21,6 +21,7 @@ from agent.hashcache import HashCache
 from agent.inventory import Inventory
 from agent.reporter import Reporter, TrackerApi
 from agent.server import make_runner
+from agent.swarm import AGENT_ID, Swarm
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
 from common.tracker_client import TrackerClient
@@ -42,6 +43,7 @@ class RunningAgent:
     agent_id: str
     inventory: Inventory
     reporter: Reporter | None
+    swarm: Swarm
     _runner: web.AppRunner
     _cache: HashCache
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -137,7 +139,9 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
-    runner = make_runner(inventory)
+    swarm = Swarm(config.dir, exclude=state_dir, announce_seconds=config.swarm_announce_seconds)
+    runner = make_runner(inventory, swarm)
+    runner.app[AGENT_ID] = agent_id
     await runner.setup()
     host, port = parse_hostport(config.listen, "listen address")
     site = web.TCPSite(runner, host or None, port)
@@ -155,11 +159,14 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     if report:
         if tracker is None:
             tracker = owned = TrackerClient(config.tracker)
-        reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot)
+        reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot,
+                            partials=swarm.snapshot)
         inventory.on_change = reporter.notify
+        swarm.on_change = reporter.notify_partial
     agent = RunningAgent(config, host, bound_port, base_url, agent_id, inventory, reporter,
-                         runner, cache, _owned_tracker=owned)
+                         swarm, runner, cache, _owned_tracker=owned)
     agent._tasks.append(asyncio.create_task(inventory.run(config.rescan_seconds)))
+    agent._tasks.append(asyncio.create_task(swarm.run()))
     if reporter is not None:
         agent._tasks.append(asyncio.create_task(reporter.run()))
     return agent

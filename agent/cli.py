@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--settle-seconds", metavar="S",
                    help="leave files modified less than S seconds ago for a later scan "
                         "(default 2)")
+    s.add_argument("--swarm-announce-seconds", metavar="S",
+                   help="tell the tracker of a shared download's pieces at most once per S "
+                        "seconds (default 1)")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -82,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags = {"dir": args.dir, "tracker": args.tracker, "listen": args.listen,
                  "advertise": args.advertise, "state_dir": args.state_dir,
                  "hash_workers": args.hash_workers, "rescan_seconds": args.rescan_seconds,
-                 "settle_seconds": args.settle_seconds}
+                 "settle_seconds": args.settle_seconds,
+                 "swarm_announce_seconds": args.swarm_announce_seconds}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

@@ -34,6 +34,9 @@ class AgentConfig:
     rescan_seconds  how often DIR is polled for changes (default 5)
     settle_seconds  a file modified less than this long ago is left for a later scan, so a
                     file still being written is not hashed over and over (default 2)
+    swarm_announce_seconds
+                    swarming: the tracker hears of a shared download's bitfield at most
+                    once per this many seconds (default 1; peers ask the agent for fresher)
     """
 
     dir: str = ""
@@ -44,6 +47,7 @@ class AgentConfig:
     hash_workers: int = 2
     rescan_seconds: float = 5.0
     settle_seconds: float = 2.0
+    swarm_announce_seconds: float = 1.0
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
@@ -60,6 +64,9 @@ class AgentConfig:
             raise ConfigError(f"hash_workers must be at least 1, got {self.hash_workers}")
         if self.rescan_seconds <= 0:
             raise ConfigError(f"rescan_seconds must be positive, got {self.rescan_seconds}")
+        if self.swarm_announce_seconds <= 0:
+            raise ConfigError("swarm_announce_seconds must be positive, got "
+                              f"{self.swarm_announce_seconds}")
         if self.settle_seconds < 0:
             raise ConfigError(f"settle_seconds must not be negative, got {self.settle_seconds}")
         return self

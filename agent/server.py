@@ -49,7 +49,9 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from agent.hashcache import StatKey
+from agent import swarm as swarm_mod
 from agent.inventory import Inventory, inside, is_shareable_name
+from agent.swarm import _SWARM, Swarm
 from common import agent_api
 from common.http_ranges import content_range, parse_range
 
@@ -179,6 +181,12 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
+    return await stream_range(request, resp, fd, start, end)
+
+
+async def stream_range(request: web.Request, resp: web.StreamResponse, fd: int, start: int,
+                       end: int) -> web.StreamResponse:
+    """Send bytes [start, end) of `fd` as the prepared `resp`'s body (files and swarm)."""
     loop = asyncio.get_running_loop()
     pos = start
     while pos < end:
@@ -205,6 +213,8 @@ async def handle_pieces(request: web.Request) -> web.Response:
     if not _HEX64.fullmatch(hexdigest):
         raise web.HTTPNotFound(text="not found\n")
     found = request.app[_INVENTORY].pieces_for(bytes.fromhex(hexdigest))
+    if found is None and _SWARM in request.app:  # a download in progress, shared
+        found = request.app[_SWARM].pieces_for(bytes.fromhex(hexdigest))
     if found is None:
         raise web.HTTPNotFound(text="not found\n")
     piece_size, pieces = found
@@ -216,15 +226,18 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def make_runner(inventory: Inventory) -> web.AppRunner:
-    """An AppRunner for make_app(inventory) with the agent's connection bounds."""
-    return web.AppRunner(make_app(inventory), access_log=None,
+def make_runner(inventory: Inventory, swarm: Swarm | None = None) -> web.AppRunner:
+    """An AppRunner for make_app(inventory, swarm) with the agent's connection bounds."""
+    return web.AppRunner(make_app(inventory, swarm), access_log=None,
                          keepalive_timeout=KEEPALIVE_TIMEOUT)
 
 
-def make_app(inventory: Inventory) -> web.Application:
-    """The aiohttp application serving `inventory.root` and the pieces it holds."""
-    app = web.Application()
+def make_app(inventory: Inventory, swarm: Swarm | None = None) -> web.Application:
+    """The aiohttp application serving `inventory.root` and the pieces it holds, and
+    with `swarm`, the downloads in progress on this machine (agent/swarm.py)."""
+    app = web.Application(client_max_size=swarm_mod.MAX_REGISTRATION if swarm else 1024**2)
+    if swarm is not None:
+        swarm_mod.add_routes(app, swarm)
     app[_INVENTORY] = inventory
     app.router.add_get(agent_api.FILES_PREFIX + "{tail:.*}", handle_file)  # GET and HEAD
     app.router.add_get(agent_api.PIECES_PREFIX + "{sha256}", handle_pieces)
