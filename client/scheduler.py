@@ -20,11 +20,18 @@ answers with actions, and never touches a socket, a file or the real clock
   ``first_byte_timeout``) fails; failures back off exponentially with jitter;
   ``max_failures`` failures in a row, any fatal fault, or one bad piece drop
   the source, and its work returns to the pool.
+- Swarming: a source may be a partial holder (a peer's download in progress)
+  with a bitfield of the pieces it has, which can grow (:meth:`Scheduler.set_have`),
+  and sources can join mid-download (:meth:`Scheduler.add_source`). A partial
+  holder is only ever asked for pieces it has. Once any partial holder is known,
+  pieces are chosen rarest first: the fewest live sources hold them, ties broken
+  at random, so the origin (a full holder) is asked first for what no peer has
+  yet and fetchers that start together ask it for different pieces.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from client.events import (
@@ -126,6 +133,10 @@ class _Source:
     adapt_at: float = 0.0
     rate_before_add: float = 0.0
     saturated: bool = False
+    have: bytearray | None = None  # a partial holder's pieces (0/1 each); None: all
+
+    def holds(self, piece: int) -> bool:
+        return self.have is None or bool(self.have[piece])
 
 
 @dataclass(eq=False)
@@ -182,7 +193,10 @@ class Scheduler:
         config: SchedulerConfig | None = None,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        haves: Sequence[bytes | bytearray | None] = (),
     ) -> None:
+        """`haves[i]`, when given and not None, makes source i a partial holder with
+        those pieces (one byte per piece, 0/1)."""
         self.cfg = config or SchedulerConfig()
         self.clock = clock
         self.rng = rng or random.Random()
@@ -196,6 +210,12 @@ class Scheduler:
         self.owner = [NO_OWNER] * pieces  # the one request streaming a piece to disk
         self.dups: dict[int, set[int]] = {}  # piece -> buffered requests copying it
         self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
+        self.avail = [0] * pieces  # how many live sources hold each piece
+        self.swarm = False  # a partial holder was ever known: choose rarest first
+        self._counted: set[int] = set()  # sources whose pieces `avail` counts
+        self._started = False
+        for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
+            self._set_have(src, have)
         self.conns: dict[int, _Conn] = {}
         self.requests: dict[int, _Request] = {}
         self._next_id = 0
@@ -207,6 +227,7 @@ class Scheduler:
 
     def start(self) -> list[Action]:
         """The first actions: open connections, or Finished if nothing is left."""
+        self._started = True
         if self.left == 0:
             self.finished = True
             return [Finished()]
@@ -244,6 +265,28 @@ class Scheduler:
             case Tick():
                 return self._on_tick()
         raise TypeError(f"unknown event {event!r}")
+
+    def add_source(self, have: bytes | bytearray | None = None) -> tuple[int, list[Action]]:
+        """A source found mid-download (a partial holder when `have` is given): its id,
+        and the connections to open for it."""
+        src = _Source(len(self.sources), self.cfg.max_connections_per_source)
+        self.sources.append(src)
+        self._set_have(src, have)
+        if not self._started or self.finished or self.failed:
+            return src.id, []
+        src.target = min(self.cfg.initial_connections, src.max_connections)
+        src.adapt_at = self.clock() + self.cfg.adapt_interval
+        return src.id, self._open_up_to_target(src)
+
+    def set_have(self, source: int, have: bytes | bytearray) -> None:
+        """A partial holder's latest bitfield (one byte per piece, 0/1). Ignored for a
+        full holder. Its connections find the new pieces when they next ask for work."""
+        src = self.sources[source]
+        if src.have is not None:
+            self._set_have(src, have)
+
+    def holds(self, source: int, piece: int) -> bool:
+        return self.sources[source].holds(piece)
 
     def request_end(self, request: int) -> int:
         """Where `request` must stop now (it may have been truncated)."""
@@ -402,6 +445,12 @@ class Scheduler:
         if self._low >= self.pieces:
             return None
         first = self._low
+        rarity = 0
+        if self.swarm:
+            picked = self._rarest(src)
+            if picked is None:
+                return None
+            first, rarity = picked
         if not src.ranges:  # streams from the start: as far as nobody else owns
             end = first
             while end < self.pieces and (self.done[end] or self.owner[end] == NO_OWNER):
@@ -422,9 +471,27 @@ class Scheduler:
         conn.last_count = count
         end = first
         while end < self.pieces and end - first < count and not self.done[end] \
-                and self.owner[end] == NO_OWNER:
+                and self.owner[end] == NO_OWNER \
+                and (not self.swarm or src.holds(end) and self.avail[end] <= rarity):
             end += 1
         return first, end
+
+    def _rarest(self, src: _Source) -> tuple[int, int] | None:
+        """An unclaimed piece `src` holds that the fewest live sources hold (random
+        among equals), and that count; None if `src` holds no unclaimed piece."""
+        best, best_avail, ties = None, 0, 0
+        done, owner, avail = self.done, self.owner, self.avail
+        for p in range(self._low, self.pieces):
+            if done[p] or owner[p] != NO_OWNER or not src.holds(p):
+                continue
+            a = avail[p]
+            if best is None or a < best_avail:
+                best, best_avail, ties = p, a, 1
+            elif a == best_avail:
+                ties += 1
+                if self.rng.randrange(ties) == 0:
+                    best = p
+        return None if best is None else (best, best_avail)
 
     def _steal(self, conn: _Conn, now: float) -> list[Action]:
         """Nothing unclaimed: split the slowest request or duplicate its piece."""
@@ -432,9 +499,12 @@ class Scheduler:
         if my_rate <= 0:
             return [Wait(conn.id)]
         victim, victim_left = None, 0.0
+        mine = self.sources[conn.source]
         for req in self.requests.values():
             if req.buffered or req.source == conn.source and not self.sources[req.source].ranges:
                 continue
+            if not (mine.holds(req.cursor) or mine.holds(req.end - 1)):
+                continue  # a partial holder can help only with pieces it has
             left = self._time_left(req, now)
             if left > victim_left:
                 victim, victim_left = req, left
@@ -451,6 +521,9 @@ class Scheduler:
             # the first thief (which may be slow itself).
             portion = max(1, int(my_rate * self.cfg.request_seconds // self.piece_size))
             take = min(int(spare * share), portion)
+            while take >= 1 and not all(mine.holds(p) for p in range(victim.end - take,
+                                                                      victim.end)):
+                take -= 1
             if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
                 cut = victim.end - take
                 victim.end = cut
@@ -460,7 +533,8 @@ class Scheduler:
                         self._fetch(conn, cut, cut + take, buffered=False)]
         # Duplicate the piece the victim is working on, if we would clearly win.
         piece = victim.cursor
-        if piece < victim.end and not self.done[piece] and not self.dups.get(piece):
+        if piece < victim.end and not self.done[piece] and not self.dups.get(piece) \
+                and mine.holds(piece):
             mine = self._piece_bytes(piece) / my_rate + latency
             if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
                 return [self._fetch(conn, piece, piece + 1, buffered=True)]
@@ -520,6 +594,9 @@ class Scheduler:
         if src.dropped:
             return []
         src.dropped = reason
+        for p in range(self.pieces):
+            if src.holds(p):
+                self.avail[p] -= 1
         out: list[Action] = [DropSource(sid, reason)]
         for req in list(self.requests.values()):
             if req.source == sid:
@@ -579,6 +656,22 @@ class Scheduler:
         if rate <= 0:
             return float("inf") if req.last_byte is not None else self.cfg.first_byte_timeout
         return left / rate
+
+    def _set_have(self, src: _Source, have: bytes | bytearray | None) -> None:
+        """Make `src` hold `have` (None: every piece), keeping `avail` right."""
+        if have is not None and len(have) != self.pieces:
+            raise ValueError(f"bitfield of {len(have)} pieces for a {self.pieces}-piece file")
+        if not src.dropped:
+            counted = src.id in self._counted
+            for p in range(self.pieces):
+                was = counted and src.holds(p)
+                now = have is None or bool(have[p])
+                if was != now:
+                    self.avail[p] += 1 if now else -1
+        self._counted.add(src.id)
+        src.have = bytearray(have) if have is not None else None
+        if have is not None:
+            self.swarm = True
 
     def _new_id(self) -> int:
         self._next_id += 1
