@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -79,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
                    metavar="N", help="most connections to one source (default 6)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="seconds without a byte before a request is given up (default 8)")
+    p.add_argument("--agent", metavar="URL",
+                   help="this machine's agent (e.g. http://127.0.0.1:7070): share the download "
+                        "with other fetchers while it runs, and seed it when done (swarming; "
+                        "OUT must be inside the agent's directory)")
     web = p.add_argument_group("HTTP options (as in curl and wget)")
     web.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                      help="send this header (repeatable); Authorization and Cookie headers "
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _main(args: argparse.Namespace) -> int:
     flags = {"tracker": args.tracker, "connections": args.connections,
              "max_connections_per_source": args.max_connections_per_source,
-             "stall_timeout": args.stall_timeout}
+             "stall_timeout": args.stall_timeout, "agent": args.agent}
     cfg = client_config.load(args.config, flags)
     urls = [t for t in args.targets if "://" in t]
     meta = args.targets[0] if metalink.is_metalink(args.targets[0]) else None
@@ -246,8 +251,19 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
     if not quiet and sys.stderr.isatty():
         from client.progress import Progress
         progress = Progress(plan.name)
+    swarm = None
+    if cfg.agent and not plan.stream:
+        from client.swarm import SwarmLink
+
+        swarm = SwarmLink(cfg.agent, plan, cfg.tracker, http)
+        if await swarm.register(store):
+            # Our own agent is not a source of what we are fetching.
+            plan = dataclasses.replace(plan, sources=tuple(
+                s for s in plan.sources if not s.agent_id or s.agent_id != swarm.agent_id))
     fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
                       on_progress=progress)
+    sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
+    completed = False
     try:
         if progress:
             with progress:
@@ -255,8 +271,18 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         else:
             sha = await fetcher.run()
         path = store.finish()
+        completed = True
     finally:
         store.close()
+        if sharing is not None:
+            sharing.cancel()
+            await asyncio.gather(sharing, return_exceptions=True)
+        if swarm is not None:
+            if completed:
+                await swarm.complete(str(path.resolve()))
+            else:
+                await swarm.withdraw()
+            await swarm.close()
     return Result(str(path), plan.size, sha, time.monotonic() - started, fetcher.report(),
                   tuple(plan.notes) + tuple(fetcher.notes), verified_by(plan))
 

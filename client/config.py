@@ -21,6 +21,7 @@ class ClientConfig:
     user_agent: str = "mfetch/0.1"
     proxy: str = ""  # http://, https://, socks4:// or socks5:// (environment proxies are ignored)
     cacert: str = ""  # a CA bundle to trust besides the system's
+    agent: str = ""  # the local agent's URL: share the download while it runs (swarming)
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -50,4 +51,8 @@ def load(config_file: str | None, flags: dict[str, object]) -> ClientConfig:
         if getattr(cfg, name) < 1:
             from common.errors import ConfigError
             raise ConfigError(f"{name} must be at least 1")
+    if cfg.agent and not cfg.agent.startswith(("http://", "https://")):
+        from common.errors import ConfigError
+        raise ConfigError(f"agent must be the local agent's URL, http://HOST:PORT, "
+                          f"got {cfg.agent!r}")
     return cfg

@@ -29,10 +29,11 @@ from client.http import (
     status_fault,
     validator_of,
 )
-from client.plan import Plan
+from client.plan import Plan, SourcePlan
 from client.repair import UNKNOWN, repair
 from client.scheduler import Scheduler, SchedulerConfig
 from client.storage import ContentKey, PartFile
+from common import bitfield
 from common.errors import IntegrityError, MfetchError, SourceError
 
 log = logging.getLogger("mfetch")
@@ -160,7 +161,8 @@ class Fetcher:
         self.http = http
         self.sources = [_SourceState(s.url, s.kind, s.validator) for s in plan.sources]
         self.sched = Scheduler(plan.pieces, plan.piece_size, plan.size, len(plan.sources),
-                               done=done or (), config=config, clock=time.monotonic)
+                               done=done or (), config=config, clock=time.monotonic,
+                               haves=[swarm_have(s, plan.pieces) for s in plan.sources])
         for i, s in enumerate(plan.sources):
             if not s.ranges:
                 self.sched.sources[i].ranges = False
@@ -233,6 +235,19 @@ class Fetcher:
                 f"the file's sha256 is {sha.hex()}, expected {self.plan.sha256.hex()}; "
                 f"kept as {self.store.part.name}")
         return sha.hex()
+
+    def add_source(self, source: SourcePlan) -> int:
+        """A source found mid-download (swarming: a peer); returns its index."""
+        self.sources.append(_SourceState(source.url, source.kind, source.validator))
+        sid, actions = self.sched.add_source(swarm_have(source, self.plan.pieces))
+        self._execute(actions)
+        self.changed.set()
+        return sid
+
+    def set_have(self, source: int, have: bytearray) -> None:
+        """A partial holder's latest pieces (one byte each, 0/1)."""
+        self.sched.set_have(source, have)
+        self.changed.set()
 
     def emit(self, event: ev.Event) -> None:
         """Feed an event to the scheduler and carry out what it answers."""
@@ -481,3 +496,11 @@ def content_key(plan: Plan) -> ContentKey:
     return ContentKey(plan.size, plan.piece_size, plan.sha256.hex() if plan.sha256 else "",
                       plan.root.hex() if plan.root else "",
                       {s.url: s.validator for s in plan.sources if s.validator})
+
+
+def swarm_have(source: SourcePlan, pieces: int) -> bytearray | None:
+    """A partial holder's pieces, one byte each; None for a full holder (or a bitfield
+    that does not fit this content, which the plan has already left out)."""
+    if not source.have:
+        return None
+    return bitfield.unpack(source.have, pieces)
