@@ -48,8 +48,8 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from agent.hashcache import StatKey
 from agent import swarm as swarm_mod
+from agent.hashcache import StatKey
 from agent.inventory import Inventory, inside, is_shareable_name
 from agent.swarm import _SWARM, Swarm
 from common import agent_api

@@ -499,11 +499,11 @@ class Scheduler:
         if my_rate <= 0:
             return [Wait(conn.id)]
         victim, victim_left = None, 0.0
-        mine = self.sources[conn.source]
+        thief = self.sources[conn.source]
         for req in self.requests.values():
             if req.buffered or req.source == conn.source and not self.sources[req.source].ranges:
                 continue
-            if not (mine.holds(req.cursor) or mine.holds(req.end - 1)):
+            if not (thief.holds(req.cursor) or thief.holds(req.end - 1)):
                 continue  # a partial holder can help only with pieces it has
             left = self._time_left(req, now)
             if left > victim_left:
@@ -521,8 +521,8 @@ class Scheduler:
             # the first thief (which may be slow itself).
             portion = max(1, int(my_rate * self.cfg.request_seconds // self.piece_size))
             take = min(int(spare * share), portion)
-            while take >= 1 and not all(mine.holds(p) for p in range(victim.end - take,
-                                                                      victim.end)):
+            while take >= 1 and not all(thief.holds(p) for p in range(victim.end - take,
+                                                                       victim.end)):
                 take -= 1
             if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
                 cut = victim.end - take
@@ -534,7 +534,7 @@ class Scheduler:
         # Duplicate the piece the victim is working on, if we would clearly win.
         piece = victim.cursor
         if piece < victim.end and not self.done[piece] and not self.dups.get(piece) \
-                and mine.holds(piece):
+                and thief.holds(piece):
             mine = self._piece_bytes(piece) / my_rate + latency
             if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
                 return [self._fetch(conn, piece, piece + 1, buffered=True)]

@@ -51,4 +51,4 @@ def is_full(bits: bytes, pieces: int) -> bool:
 
 def count(bits: bytes) -> int:
     """How many pieces a bitfield has."""
-    return sum(bin(b).count("1") for b in bits)
+    return sum(b.bit_count() for b in bits)

@@ -73,7 +73,7 @@ def test_second_fetcher_gets_pieces_from_the_first_ones_partial_download(procs, 
         # A's agent announced the partial holding to the tracker.
         wait_holders(tracker.address, "big.iso", 2)
         fb = start_fetch(tracker.address, tmp_path / "b" / "big.iso", agents["b"])
-        out_a, err_a = fa.communicate(timeout=240)
+        _, err_a = fa.communicate(timeout=240)
         out_b, err_b = fb.communicate(timeout=240)
         assert fa.returncode == 0, err_a
         assert fb.returncode == 0, err_b

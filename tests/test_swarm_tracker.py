@@ -65,15 +65,15 @@ async def test_old_sqlite_file_gains_the_bitfield_column(tmp_path: pathlib.Path)
                 (BIG.size, BIG.sha256, BIG.piece_size, BIG.root))
     db_.commit()
     db_.close()
-    store = await SqliteStore.open(str(path), FakeClock())
+    opened = await SqliteStore.open(str(path), FakeClock())
     try:
-        (old,) = await store.holders_of(BIG.sha256)
+        (old,) = await opened.holders_of(BIG.sha256)
         assert old.holding == Holding("big.iso", BIG)
-        await store.update_holdings("a1", replace=False, removed=[],
-                                    added=[Holding(PATH, BIG, bits(3))])
-        assert {x.holding.have for x in await store.holders_of(BIG.sha256)} == {b"", bits(3)}
+        await opened.update_holdings("a1", replace=False, removed=[],
+                                     added=[Holding(PATH, BIG, bits(3))])
+        assert {x.holding.have for x in await opened.holders_of(BIG.sha256)} == {b"", bits(3)}
     finally:
-        await store.close()
+        await opened.close()
 
 
 async def test_locate_hands_out_partial_holders(tracker) -> None:  # noqa: F811
