@@ -261,7 +261,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
             plan = dataclasses.replace(plan, sources=tuple(
                 s for s in plan.sources if not s.agent_id or s.agent_id != swarm.agent_id))
     fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
-                      on_progress=progress)
+                      on_progress=progress, rarest_first=bool(swarm and swarm.registered))
     sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
     completed = False
     try:

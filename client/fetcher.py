@@ -155,14 +155,16 @@ class Fetcher:
 
     def __init__(self, plan: Plan, store: PartFile, *, config: SchedulerConfig | None = None,
                  http: HttpClient, done: set[int] | None = None,
-                 on_progress: Callable[[Fetcher], None] | None = None) -> None:
+                 on_progress: Callable[[Fetcher], None] | None = None,
+                 rarest_first: bool = False) -> None:
         self.plan = plan
         self.store = store
         self.http = http
         self.sources = [_SourceState(s.url, s.kind, s.validator) for s in plan.sources]
         self.sched = Scheduler(plan.pieces, plan.piece_size, plan.size, len(plan.sources),
                                done=done or (), config=config, clock=time.monotonic,
-                               haves=[swarm_have(s, plan.pieces) for s in plan.sources])
+                               haves=[swarm_have(s, plan.pieces) for s in plan.sources],
+                               rarest_first=rarest_first)
         for i, s in enumerate(plan.sources):
             if not s.ranges:
                 self.sched.sources[i].ranges = False
@@ -243,6 +245,10 @@ class Fetcher:
         self._execute(actions)
         self.changed.set()
         return sid
+
+    def set_stripe(self, rank: int, count: int) -> None:
+        """This fetcher is number `rank` of `count` fetching the content together."""
+        self.sched.set_stripe(rank, count)
 
     def set_have(self, source: int, have: bytearray) -> None:
         """A partial holder's latest pieces (one byte each, 0/1)."""

@@ -25,8 +25,22 @@ answers with actions, and never touches a socket, a file or the real clock
   and sources can join mid-download (:meth:`Scheduler.add_source`). A partial
   holder is only ever asked for pieces it has. Once any partial holder is known,
   pieces are chosen rarest first: the fewest live sources hold them, ties broken
-  at random, so the origin (a full holder) is asked first for what no peer has
-  yet and fetchers that start together ask it for different pieces.
+  at random, so fetchers that start together ask the origin for different
+  pieces. A full holder (the origin) is then asked only for pieces no live
+  partial holder has, and does not take over a peer's requests: its uplink is
+  what the whole swarm shares, so each byte should leave it about once. A peer
+  that fails or lies is dropped, and what only it had becomes the origin's again.
+  Requests are at most ``swarm_request_pieces`` pieces, so verified pieces (and
+  the news of them) reach the peers sooner.
+- Stripes: fetchers cannot see each other's requests in flight, only verified
+  pieces, so two of them may ask the origin for the same piece at once. With
+  :meth:`Scheduler.set_stripe` (this fetcher is number ``rank`` of ``count``
+  fetchers sharing the content, an order every one of them computes alike from
+  the tracker's answer), a full holder is asked only for the blocks of
+  ``swarm_request_pieces`` pieces in this fetcher's stripe; the other stripes
+  come from their fetchers through the peers. Only when no piece has arrived
+  for ``stripe_patience`` (a stripe's fetcher stalled or left) is the origin
+  asked for the other stripes too.
 """
 from __future__ import annotations
 
@@ -76,6 +90,8 @@ class SchedulerConfig:
     backoff_max: float = 15.0
     tail_margin: float = 1.5  # a thief must be this much faster than its victim
     latency_guess: float = 0.05  # cost of starting a request, before measuring
+    swarm_request_pieces: int = 4  # most pieces per request when swarming: news spreads sooner
+    stripe_patience: float = 2.0  # no piece for this long: ask the origin outside our stripe
 
 
 class RateMeter:
@@ -194,9 +210,13 @@ class Scheduler:
         clock: Callable[[], float],
         rng: random.Random | None = None,
         haves: Sequence[bytes | bytearray | None] = (),
+        rarest_first: bool = False,
     ) -> None:
         """`haves[i]`, when given and not None, makes source i a partial holder with
-        those pieces (one byte per piece, 0/1)."""
+        those pieces (one byte per piece, 0/1). `rarest_first` chooses pieces rarest
+        first (random among equals) from the start, as when a partial holder is known:
+        for a fetcher that shares its download, so that fetchers starting together
+        ask the origin for different pieces before they know of each other."""
         self.cfg = config or SchedulerConfig()
         self.clock = clock
         self.rng = rng or random.Random()
@@ -211,8 +231,10 @@ class Scheduler:
         self.dups: dict[int, set[int]] = {}  # piece -> buffered requests copying it
         self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
         self.avail = [0] * pieces  # how many live sources hold each piece
-        self.swarm = False  # a partial holder was ever known: choose rarest first
+        self.swarm = rarest_first  # or a partial holder was ever known: rarest first
         self._counted: set[int] = set()  # sources whose pieces `avail` counts
+        self.stripe: tuple[int, int] | None = None  # (rank, count) among the fetchers
+        self._last_piece = clock()  # when the last piece was verified (stripe patience)
         self._started = False
         for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
             self._set_have(src, have)
@@ -285,6 +307,12 @@ class Scheduler:
         if src.have is not None:
             self._set_have(src, have)
 
+    def set_stripe(self, rank: int, count: int) -> None:
+        """This fetcher is number `rank` (from 0) of `count` sharing the content."""
+        if not 0 <= rank < count:
+            raise ValueError(f"stripe {rank} of {count}")
+        self.stripe = (rank, count) if count > 1 else None
+
     def holds(self, source: int, piece: int) -> bool:
         return self.sources[source].holds(piece)
 
@@ -355,6 +383,7 @@ class Scheduler:
             return out
         self.done[piece] = 1
         self.left -= 1
+        self._last_piece = self.clock()
         if req is not None:
             self.sources[req.source].pieces += 1
         # The first verified copy wins: cancel the others' work on this piece.
@@ -458,13 +487,15 @@ class Scheduler:
             return first, end
         rate = self._conn_rate(conn, now)
         want = rate * self.cfg.request_seconds
+        if self.swarm:
+            want = min(want, self.cfg.swarm_request_pieces * self.piece_size)
         # Never more than this connection's share of what is left, so the tail is short.
         unclaimed = self._unclaimed_bytes()
         total = sum(self._conn_rate(c, now) for c in self.conns.values()) or rate
         want = min(want, unclaimed * rate / total if total > 0 else want)
         want = min(want, self.cfg.max_request_bytes)
         count = max(1, int(want // self.piece_size))
-        if conn.meter.samples == 0 and conn.last_count:
+        if conn.meter.samples == 0 and conn.last_count and not self.swarm:
             # Slow start: until a full window is measured, each request may double the last.
             cap = max(1, int(min(unclaimed * 0.5, self.cfg.max_request_bytes) // self.piece_size))
             count = max(count, min(2 * conn.last_count, cap))
@@ -472,19 +503,38 @@ class Scheduler:
         end = first
         while end < self.pieces and end - first < count and not self.done[end] \
                 and self.owner[end] == NO_OWNER \
-                and (not self.swarm or src.holds(end) and self.avail[end] <= rarity):
+                and (not self.swarm or src.holds(end) and 0 <= self._rank(src, end) <= rarity):
             end += 1
         return first, end
+
+    def _rank(self, src: _Source, piece: int) -> int:
+        """How much `src` should avoid `piece`, lower first: the rarer first; -1 when not
+        at all (a full holder, a piece outside this fetcher's stripe, and no patience
+        lost yet)."""
+        a = self.avail[piece]
+        if self.stripe is not None and src.have is None:
+            rank, count = self.stripe
+            if (piece // self.cfg.swarm_request_pieces) % count != rank:
+                if self.clock() - self._last_piece < self.cfg.stripe_patience:
+                    return -1
+                a += len(self.sources) + 1
+        return a
 
     def _rarest(self, src: _Source) -> tuple[int, int] | None:
         """An unclaimed piece `src` holds that the fewest live sources hold (random
         among equals), and that count; None if `src` holds no unclaimed piece."""
         best, best_avail, ties = None, 0, 0
         done, owner, avail = self.done, self.owner, self.avail
+        full = self._live_full() if src.have is None else -1
         for p in range(self._low, self.pieces):
             if done[p] or owner[p] != NO_OWNER or not src.holds(p):
                 continue
             a = avail[p]
+            if a > full >= 0:
+                continue  # a full holder: only what no peer has
+            a = self._rank(src, p)
+            if a < 0:
+                continue
             if best is None or a < best_avail:
                 best, best_avail, ties = p, a, 1
             elif a == best_avail:
@@ -505,6 +555,12 @@ class Scheduler:
                 continue
             if not (thief.holds(req.cursor) or thief.holds(req.end - 1)):
                 continue  # a partial holder can help only with pieces it has
+            if self.swarm and thief.have is None and self.sources[req.source].have is not None:
+                continue  # the origin does not redo a peer's work
+            if self.swarm and now - req.started < self.cfg.request_seconds:
+                # Many peer connections sit idle in a swarm: give a request time to show
+                # its rate before copying it, or every new request gets a twin.
+                continue
             left = self._time_left(req, now)
             if left > victim_left:
                 victim, victim_left = req, left
@@ -656,6 +712,10 @@ class Scheduler:
         if rate <= 0:
             return float("inf") if req.last_byte is not None else self.cfg.first_byte_timeout
         return left / rate
+
+    def _live_full(self) -> int:
+        """How many live sources hold every piece."""
+        return sum(1 for s in self.sources if s.have is None and not s.dropped)
 
     def _set_have(self, src: _Source, have: bytes | bytearray | None) -> None:
         """Make `src` hold `have` (None: every piece), keeping `avail` right."""

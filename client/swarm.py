@@ -13,7 +13,10 @@ With ``--agent URL`` (or ``agent:`` / ``MFETCH_AGENT``), a download of a NAME
 3. fed with peers: the tracker is asked again every ``RELOCATE_SECONDS`` for
    holders of the content (fetchers that started after us), and every partial
    holder is asked for its bitfield every ``HAVE_SECONDS``
-   (``GET /swarm/<sha256>/have``), fresher than the tracker's copy.
+   (``GET /swarm/<sha256>/have``), fresher than the tracker's copy. The partial
+   holders' agent ids, sorted, with ours, give this fetcher its stripe (its
+   rank among the fetchers; see client/scheduler.py): the same order at every
+   fetcher, so they ask the origin for different pieces.
 
 Every piece from a peer is checked against the piece list like any other; a
 peer whose bitfield does not fit the content is no longer asked (logged).
@@ -42,9 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mfetch")
 
-PUSH_SECONDS = 0.5
-HAVE_SECONDS = 1.0
-RELOCATE_SECONDS = 2.0
+PUSH_SECONDS = 0.25  # to the local agent only
+HAVE_SECONDS = 0.5
+RELOCATE_SECONDS = 1.0
 LOCAL_TIMEOUT = 5.0
 
 
@@ -131,12 +134,15 @@ class SwarmLink:
             if s.have:
                 polled[s.url] = i
         loop = asyncio.get_running_loop()
-        next_locate = loop.time() + RELOCATE_SECONDS
+        next_locate = loop.time() + HAVE_SECONDS
         async with TrackerClient(self.tracker) as tracker:
             while True:
                 if loop.time() >= next_locate:
                     next_locate = loop.time() + RELOCATE_SECONDS
-                    for src in await self._locate(tracker):
+                    located = await self._locate(tracker)
+                    fetching = sorted({s.agent_id for s in located if s.have} | {self.agent_id})
+                    fetcher.set_stripe(fetching.index(self.agent_id), len(fetching))
+                    for src in located:
                         if src.url in known or (src.agent_id and src.agent_id == self.agent_id):
                             continue
                         known.add(src.url)
