@@ -91,13 +91,17 @@ class Download:
     have: bytearray  # one byte per piece, 0/1
     complete: bool = False
     dirty: bool = True  # not yet announced since the last change
+    packed: bytes = b""  # bitfield.pack(have), kept for the peers that poll it
+
+    def __post_init__(self) -> None:
+        self.packed = bitfield.pack(self.have)
 
     @property
     def holding_path(self) -> str:
         return agent_api.swarm_path(self.identity.sha256, self.name)
 
     def wire_have(self) -> bytes:
-        return b"" if self.complete else bitfield.pack(self.have)
+        return b"" if self.complete else self.packed
 
     def holds(self, first: int, end: int) -> bool:
         return self.complete or all(self.have[first:end])
@@ -180,6 +184,7 @@ class Swarm:
                 raise SwarmRefused(400, f"have: {e}") from None
         else:
             raise SwarmRefused(400, "expected 'have' or 'complete'")
+        d.packed = bitfield.pack(d.have)
         self._changed(d)
         return d
 
@@ -318,7 +323,7 @@ async def handle_have(request: web.Request) -> web.Response:
     d = request.app[_SWARM].downloads.get(_sha(request))
     if d is None:
         raise web.HTTPNotFound(text="no such download shared here\n")
-    return web.Response(body=bitfield.pack(d.have), content_type="application/octet-stream",
+    return web.Response(body=d.packed, content_type="application/octet-stream",
                         headers={agent_api.PIECES_HEADER: str(d.identity.pieces)})
 
 

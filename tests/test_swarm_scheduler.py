@@ -107,3 +107,29 @@ def test_simulated_partial_liar_is_dropped_and_download_completes() -> None:
                                SimSource(20 * MB, liar=True, have=lambda t: flags(n, range(n)))])
     assert r.finished
     assert "bad piece" in r.dropped[1]
+
+
+def test_stripe_keeps_the_origin_to_this_fetchers_blocks_until_patience_runs_out() -> None:
+    n = 32  # blocks of 4 pieces: 0-3, 4-7, ...; rank 1 of 2 owns 4-7, 12-15, ...
+    now = [0.0]
+    s = Scheduler(n, PIECE, n * PIECE, 1, clock=lambda: now[0], rng=random.Random(5),
+                  rarest_first=True)
+    s.set_stripe(1, 2)
+    conns = _open(s, s.start())[0]
+    mine = []
+    for _ in range(8):
+        for c in conns:
+            for f in _fetches(s.handle(ev.ConnectionIdle(c))):
+                mine += range(f.first, f.end)
+                s.handle(ev.PieceDone(f.request, f.first))
+                for p in range(f.first + 1, f.end):
+                    s.handle(ev.PieceDone(f.request, p))
+                s.handle(ev.RequestEnded(f.request))
+    assert mine and all((p // 4) % 2 == 1 for p in mine), mine
+    assert sorted(mine) == [p for p in range(n) if (p // 4) % 2 == 1]
+    # Our stripe is done; the other stripe's fetcher is silent: after the patience,
+    # the origin is asked for its pieces too.
+    assert _fetches(s.handle(ev.ConnectionIdle(conns[0]))) == []
+    now[0] += s.cfg.stripe_patience + 0.1
+    (f,) = _fetches(s.handle(ev.ConnectionIdle(conns[0])))
+    assert (f.first // 4) % 2 == 0
