@@ -260,8 +260,15 @@ class Fetcher:
         actions = self.sched.handle(event)
         if actions:
             self._execute(actions)
-        if not isinstance(event, ev.BytesReceived):
-            self.changed.set()  # a waiting connection may find work now
+        if isinstance(event, ev.BytesReceived):
+            return
+        if self.sched.swarm and not actions and (
+                isinstance(event, (ev.Tick, ev.PieceDone))
+                or isinstance(event, ev.RequestEnded) and event.fault is None):
+            # A swarm has many idle connections: wake them only when work may have
+            # come back (they also look again every 0.25 s for the tail's sake).
+            return
+        self.changed.set()  # a waiting connection may find work now
 
     def _execute(self, actions: list[ev.Action]) -> None:
         for a in actions:

@@ -29,7 +29,9 @@ answers with actions, and never touches a socket, a file or the real clock
   pieces. A full holder (the origin) is then asked only for pieces no live
   partial holder has, and does not take over a peer's requests: its uplink is
   what the whole swarm shares, so each byte should leave it about once. A peer
-  that fails or lies is dropped, and what only it had becomes the origin's again.
+  that fails or lies is dropped, and what only it had becomes the origin's again;
+  and when no piece has arrived for ``stripe_patience`` (a peer that is alive
+  but stuck), these rules give way until one does.
   Requests are at most ``swarm_request_pieces`` pieces, so verified pieces (and
   the news of them) reach the peers sooner.
 - Stripes: fetchers cannot see each other's requests in flight, only verified
@@ -256,7 +258,7 @@ class Scheduler:
         now = self.clock()
         out: list[Action] = []
         for s in self.sources:
-            s.target = min(self.cfg.initial_connections, s.max_connections)
+            s.target = self._initial_target(s)
             s.adapt_at = now + self.cfg.adapt_interval
             out += self._open_up_to_target(s)
         return out
@@ -296,7 +298,7 @@ class Scheduler:
         self._set_have(src, have)
         if not self._started or self.finished or self.failed:
             return src.id, []
-        src.target = min(self.cfg.initial_connections, src.max_connections)
+        src.target = self._initial_target(src)
         src.adapt_at = self.clock() + self.cfg.adapt_interval
         return src.id, self._open_up_to_target(src)
 
@@ -515,7 +517,7 @@ class Scheduler:
         if self.stripe is not None and src.have is None:
             rank, count = self.stripe
             if (piece // self.cfg.swarm_request_pieces) % count != rank:
-                if self.clock() - self._last_piece < self.cfg.stripe_patience:
+                if not self._starving():
                     return -1
                 a += len(self.sources) + 1
         return a
@@ -525,7 +527,7 @@ class Scheduler:
         among equals), and that count; None if `src` holds no unclaimed piece."""
         best, best_avail, ties = None, 0, 0
         done, owner, avail = self.done, self.owner, self.avail
-        full = self._live_full() if src.have is None else -1
+        full = self._live_full() if src.have is None and not self._starving() else -1
         for p in range(self._low, self.pieces):
             if done[p] or owner[p] != NO_OWNER or not src.holds(p):
                 continue
@@ -555,7 +557,8 @@ class Scheduler:
                 continue
             if not (thief.holds(req.cursor) or thief.holds(req.end - 1)):
                 continue  # a partial holder can help only with pieces it has
-            if self.swarm and thief.have is None and self.sources[req.source].have is not None:
+            if self.swarm and thief.have is None and self.sources[req.source].have is not None \
+                    and not self._starving():
                 continue  # the origin does not redo a peer's work
             if self.swarm and now - req.started < self.cfg.request_seconds:
                 # Many peer connections sit idle in a swarm: give a request time to show
@@ -712,6 +715,17 @@ class Scheduler:
         if rate <= 0:
             return float("inf") if req.last_byte is not None else self.cfg.first_byte_timeout
         return left / rate
+
+    def _starving(self) -> bool:
+        """No piece verified for stripe_patience: the swarm rules give way (a stalled
+        peer or stripe), and the origin may be asked for anything."""
+        return self.clock() - self._last_piece >= self.cfg.stripe_patience
+
+    def _initial_target(self, src: _Source) -> int:
+        """Connections to start with: one to a partial holder (a swarm has many peers,
+        most of them with little to give at first; more are added while they help)."""
+        first = 1 if src.have is not None else self.cfg.initial_connections
+        return min(first, src.max_connections)
 
     def _live_full(self) -> int:
         """How many live sources hold every piece."""

@@ -133,6 +133,7 @@ class SwarmLink:
         for i, s in enumerate(fetcher.plan.sources):
             if s.have:
                 polled[s.url] = i
+        fetchers = {self.agent_id}  # agent ids of the fetchers sharing this content
         loop = asyncio.get_running_loop()
         next_locate = loop.time() + HAVE_SECONDS
         async with TrackerClient(self.tracker) as tracker:
@@ -140,7 +141,12 @@ class SwarmLink:
                 if loop.time() >= next_locate:
                     next_locate = loop.time() + RELOCATE_SECONDS
                     located = await self._locate(tracker)
-                    fetching = sorted({s.agent_id for s in located if s.have} | {self.agent_id})
+                    # Sticky: a fetcher that completed keeps its stripe (it has it all, so
+                    # nobody needs it from the origin), or stripes would shift under
+                    # everyone near the end; one that left the tracker's answer is gone.
+                    fetchers = (fetchers | {s.agent_id for s in located if s.have}) \
+                        & ({s.agent_id for s in located} | {self.agent_id})
+                    fetching = sorted(fetchers)
                     fetcher.set_stripe(fetching.index(self.agent_id), len(fetching))
                     for src in located:
                         if src.url in known or (src.agent_id and src.agent_id == self.agent_id):

@@ -133,3 +133,15 @@ def test_stripe_keeps_the_origin_to_this_fetchers_blocks_until_patience_runs_out
     now[0] += s.cfg.stripe_patience + 0.1
     (f,) = _fetches(s.handle(ev.ConnectionIdle(conns[0])))
     assert (f.first // 4) % 2 == 0
+
+
+def test_a_stuck_peer_does_not_hold_the_download_hostage() -> None:
+    size = 10 * MB
+    n = -(-size // PIECE)
+    # The peer claims every piece but its link stalls at once: after the patience,
+    # the origin is asked for the peer's pieces too.
+    r = simulate(size, PIECE, [SimSource(5 * MB),
+                               SimSource(20 * MB, stall_at=0.0, trickle=100,
+                                         have=lambda t: flags(n, range(n)))], limit=120)
+    assert r.finished, r.failed
+    assert r.time < 30, r.time
