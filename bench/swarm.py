@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run as benchrun  # noqa: E402  (reuse its netns / tc helpers)
+import run as benchrun
 
 REPO = HERE.parent
 WORK = HERE / "work-swarm"
@@ -277,18 +277,18 @@ def fmt(size: int, rate_mbit: float, hosts: int, results: list[RunResult]) -> st
     lines = [
         "# Swarm benchmark (`make bench-swarm`, bench/swarm.py)",
         "",
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
-        "(shared with other work while it ran).",
-        f"One origin and {hosts} fetching hosts in network namespaces on one bridge, every "
-        f"host's uplink shaped to {rate_mbit:g} Mbit/s (tc tbf), downlinks unshaped; a "
-        f"{size / mib:.0f} MiB random file; all fetchers spawned at the same moment.",
-        "Origin bytes: the origin's eth0 tx_bytes (with TCP/IP headers, about 4% over the "
-        "payload). Seconds: from the common spawn to each mfetch's exit (Python start-up "
-        "included: eight interpreters importing at once on two cores); mfetch's own "
-        "`seconds` (--json) starts after its imports. Every output checked by SHA-256.",
+        (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
+         "(shared with other work while it ran)."),
+        (f"One origin and {hosts} fetching hosts in network namespaces on one bridge, every "
+         f"host's uplink shaped to {rate_mbit:g} Mbit/s (tc tbf), downlinks unshaped; a "
+         f"{size / mib:.0f} MiB random file; all fetchers spawned at the same moment."),
+        ("Origin bytes: the origin's eth0 tx_bytes (with TCP/IP headers, about 4% over the "
+         "payload). Seconds: from the common spawn to each mfetch's exit (Python start-up "
+         "included: eight interpreters importing at once on two cores); mfetch's own "
+         "`seconds` (--json) starts after its imports. Every output checked by SHA-256."),
         "",
-        "| run | fetchers | last finishes (s) | all finish times (s) | longest mfetch "
-        "`seconds` | origin sent | origin / file | outputs right |",
+        ("| run | fetchers | last finishes (s) | all finish times (s) | longest mfetch "
+         "`seconds` | origin sent | origin / file | outputs right |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -306,13 +306,13 @@ def fmt(size: int, rate_mbit: float, hosts: int, results: list[RunResult]) -> st
     on = next((r for r in results if r.swarm and r.fetchers > 1), None)
     if on and alone:
         lines += ["", "Targets:", "",
-                  f"- origin bytes with {on.fetchers} fetchers, swarming on: "
-                  f"{on.origin_tx / size:.2f}x the file (target <= 1.3x)",
-                  f"- last of {on.fetchers} finishes at {on.last:.1f} s against "
-                  f"{alone.last:.1f} s for one alone: {on.last / alone.last:.2f}x "
-                  "(target <= 1.5x); without Python start-up (mfetch's own `seconds`): "
-                  f"{on.last_own:.1f} s against {alone.last_own:.1f} s, "
-                  f"{on.last_own / max(alone.last_own, 1e-9):.2f}x"]
+                  (f"- origin bytes with {on.fetchers} fetchers, swarming on: "
+                   f"{on.origin_tx / size:.2f}x the file (target <= 1.3x)"),
+                  (f"- last of {on.fetchers} finishes at {on.last:.1f} s against "
+                   f"{alone.last:.1f} s for one alone: {on.last / alone.last:.2f}x "
+                   "(target <= 1.5x); without Python start-up (mfetch's own `seconds`): "
+                   f"{on.last_own:.1f} s against {alone.last_own:.1f} s, "
+                   f"{on.last_own / max(alone.last_own, 1e-9):.2f}x")]
     return "\n".join(lines) + "\n"
 
 
