@@ -208,3 +208,28 @@ def test_lying_peer_is_dropped_and_its_pieces_fetched_elsewhere(procs, tmp_path)
     finally:
         fake.close()
         proxy.close()
+
+
+def test_output_outside_the_agents_dir_is_fetched_without_sharing(procs, tmp_path):
+    tracker = procs.tracker(tmp_path)
+    data = make_file(tmp_path / "origin" / "small.iso", 2 * MiB, seed=4)
+    procs.agent(tmp_path / "origin", tracker.address, tmp_path / "s0", *AGENT_FLAGS)
+    (tmp_path / "share").mkdir()
+    local = procs.agent(tmp_path / "share", tracker.address, tmp_path / "s1",
+                        *SWARM_FLAGS).address
+    wait_holders(tracker.address, "small.iso", 1)
+    out = tmp_path / "elsewhere.iso"
+    r = _procs.run([_procs.command("mfetch"), "small.iso", "--tracker", tracker.address,
+                    "-o", str(out), "--json"], env={"MFETCH_AGENT": local}, timeout=120)
+    summary(r)
+    assert out.read_bytes() == data
+    assert "not swarming" in r.stderr and "outside this agent's directory" in r.stderr
+
+
+def test_swarm_settings_are_checked(tmp_path):
+    r = _procs.run([_procs.command("mfetch"), "x.iso", "--agent", "127.0.0.1:7070"])
+    assert r.returncode == 1 and "agent must be the local agent's URL" in r.stderr
+    (tmp_path / "d").mkdir()
+    r = _procs.run([_procs.command("agent"), "serve", str(tmp_path / "d"),
+                    "--swarm-announce-seconds", "0"])
+    assert r.returncode == 1 and "swarm_announce_seconds must be positive" in r.stderr
