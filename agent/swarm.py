@@ -249,15 +249,19 @@ class Swarm:
         d = self.downloads.get(sha)
         if d is None:
             return None
-        try:
-            fd = os.open(d.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != d.file_id or st.st_size != d.identity.size:
+        # OUT.part becomes OUT by rename (same inode) just before mfetch says "complete":
+        # look there too, so peers are not turned away in between.
+        paths = [d.path] + ([d.path[:-len(".part")]] if d.path.endswith(".part") else [])
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == d.file_id and st.st_size == d.identity.size:
+                return d, fd
             os.close(fd)
-            return None
-        return d, fd
+        return None
 
 
 _SWARM: web.AppKey[Swarm] = web.AppKey("swarm", Swarm)

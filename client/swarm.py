@@ -8,7 +8,8 @@ With ``--agent URL`` (or ``agent:`` / ``MFETCH_AGENT``), a download of a NAME
    outside its directory; mfetch then says why and fetches without sharing.
 2. kept current: the verified pieces are sent to the agent every
    ``PUSH_SECONDS`` when they changed (the agent rate-limits what it tells the
-   tracker); at the end "complete" with the final path, after which the agent
+   tracker; an agent restarted meanwhile has forgotten the download and gets it
+   registered again); at the end "complete" with the final path, after which the agent
    seeds the file as a whole holder. A download that stops early is withdrawn.
 3. fed with peers: the tracker is asked again every ``RELOCATE_SECONDS`` for
    holders of the content (fetchers that started after us), and every partial
@@ -51,6 +52,14 @@ RELOCATE_SECONDS = 1.0
 LOCAL_TIMEOUT = 5.0
 
 
+class AgentRefused(MfetchError):
+    """The local agent answered with an error status (kept in `status`)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class SwarmLink:
     """One download's link to the local agent and to its peers."""
 
@@ -81,8 +90,8 @@ class SwarmLink:
                     answer = {"error": body[:200].decode("utf-8", "replace").strip()}
                 if r.status != 200:
                     why = answer.get("error") if isinstance(answer, dict) else None
-                    raise MfetchError(f"the agent at {self.agent_url} answered {r.status}: "
-                                      f"{why or r.reason}")
+                    raise AgentRefused(f"the agent at {self.agent_url} answered {r.status}: "
+                                       f"{why or r.reason}", r.status)
                 return answer
         except TRANSIENT_ERRORS as e:
             raise MfetchError(f"the agent at {self.agent_url}: {describe(e)}") from None
@@ -114,6 +123,8 @@ class SwarmLink:
 
     async def _push(self, fetcher: Fetcher) -> None:
         sent = b""
+        loop = asyncio.get_running_loop()
+        retry_at = 0.0
         while True:
             bits = bitfield.pack(fetcher.store.done)
             if bits != sent:
@@ -121,6 +132,14 @@ class SwarmLink:
                     await self._local("POST", f"{agent_api.LOCAL_SWARM}/{self._sha}",
                                       {"have": base64.b64encode(bits).decode()})
                     sent = bits
+                except AgentRefused as e:
+                    if e.status == 404 and loop.time() >= retry_at:
+                        # The agent restarted and forgot us: register again (at most
+                        # every 5 s, so a refusal is not repeated four times a second).
+                        log.debug("swarm: the agent lost the download; registering again")
+                        retry_at = loop.time() + 5.0
+                        if await self.register(fetcher.store):
+                            sent = bits
                 except MfetchError as e:
                     log.debug("swarm: %s", e)
             await asyncio.sleep(PUSH_SECONDS)

@@ -233,3 +233,55 @@ def test_swarm_settings_are_checked(tmp_path):
     r = _procs.run([_procs.command("agent"), "serve", str(tmp_path / "d"),
                     "--swarm-announce-seconds", "0"])
     assert r.returncode == 1 and "swarm_announce_seconds must be positive" in r.stderr
+
+
+def test_part_renamed_to_out_is_still_served_until_complete(procs, tmp_path):
+    tracker = procs.tracker(tmp_path)
+    d = tmp_path / "share"
+    d.mkdir()
+    agent = procs.agent(d, tracker.address, tmp_path / "state", *SWARM_FLAGS).address
+    data = make_file(d / "whole", 1 * MiB, seed=8)
+    _WHOLE[:] = [d / "whole"]
+    part = d / "thing.bin.part"
+    part.write_bytes(data)
+    status, answer = _register(agent, part, data, bitfield.pack(b"\x01" * 4))
+    assert status == 200, answer
+    part.rename(d / "thing.bin")  # what mfetch does just before "complete"
+    sha = hashlib.sha256(data).digest()
+    status, body, _ = http("GET", f"{agent}/swarm/{sha.hex()}", headers={"Range": "bytes=0-9"})
+    assert status == 206 and body == data[:10]
+
+
+def test_a_restarted_agent_gets_the_download_registered_again(procs, tmp_path):
+    tracker = procs.tracker(tmp_path)
+    data = make_file(tmp_path / "origin" / "mid.iso", 16 * MiB, seed=5)
+    sha = hashlib.sha256(data).digest()
+    port = free_port()
+    proxy = ThrottleProxy(port, rate=1 * MiB)
+    try:
+        procs.agent(tmp_path / "origin", tracker.address, tmp_path / "s0", "--listen",
+                    f"127.0.0.1:{port}", "--advertise", f"http://127.0.0.1:{proxy.port}",
+                    *AGENT_FLAGS)
+        wait_holders(tracker.address, "mid.iso", 1)
+        (tmp_path / "a").mkdir()
+        listen = f"127.0.0.1:{free_port()}"
+        argv = [tmp_path / "a", tracker.address, tmp_path / "sa", "--listen", listen,
+                *SWARM_FLAGS]
+        agent = procs.agent(*argv)
+        fetch = start_fetch(tracker.address, tmp_path / "a" / "mid.iso", agent.address)
+        deadline = time.monotonic() + 120
+        while have_count(agent.address, sha) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert have_count(agent.address, sha) >= 2
+        agent.kill()
+        agent = procs.agent(*argv)
+        deadline = time.monotonic() + 60
+        while have_count(agent.address, sha) < 1 and time.monotonic() < deadline \
+                and fetch.poll() is None:
+            time.sleep(0.1)
+        assert have_count(agent.address, sha) >= 1, "the download was not registered again"
+        _, err = fetch.communicate(timeout=240)
+        assert fetch.returncode == 0, err
+        assert (tmp_path / "a" / "mid.iso").read_bytes() == data
+    finally:
+        proxy.close()
