@@ -6,6 +6,7 @@
 #   make lint        ruff + mypy on the packages
 #   make bench       benchmark over shaped links (root: network namespaces)
 #   make bench-tracker  tracker load test, SQLite and Redis (needs redis-server)
+#   make bench-swarm    one origin, eight fetchers feeding each other (root: namespaces)
 #   make fuzz        fuzz the Range parser and the tracker's validation, FUZZ_SECONDS each
 #   make proto       regenerate common/api/ from proto/
 #   make clean       remove .venv, demo-run/ and caches
@@ -24,7 +25,7 @@ PYTHON ?= $(shell for p in python3.11 python3; do \
 	   $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then \
 	  command -v $$p; break; fi; done)
 
-.PHONY: all venv install demo test bench bench-quick bench-tracker proto lint fuzz clean
+.PHONY: all venv install demo test bench bench-quick bench-tracker bench-swarm proto lint fuzz clean
 
 all: install
 
@@ -58,6 +59,9 @@ bench-quick: $(STAMP)
 
 bench-tracker: $(STAMP)
 	$(VPY) bench/tracker_load.py $(BENCH_ARGS)
+
+bench-swarm: $(STAMP)
+	$(VPY) bench/swarm.py $(BENCH_ARGS)
 
 # atheris (coverage-guided) if it installs; else the targets fall back to hypothesis.
 FUZZ_SECONDS ?= 120

@@ -26,6 +26,7 @@ from agent.limits import Limits
 from agent.reporter import Reporter, TrackerApi
 from agent.server import make_app, make_runner
 from agent.status import OBSERVER
+from agent.swarm import AGENT_ID, Swarm
 from common.config import parse_hostport
 from common.errors import ConfigError, StorageError
 from common.ratelimit import parse_rate
@@ -48,6 +49,7 @@ class RunningAgent:
     agent_id: str
     inventory: Inventory
     reporter: Reporter | None
+    swarm: Swarm
     _runner: web.AppRunner
     _cache: HashCache
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -147,8 +149,10 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
     limits = Limits(parse_rate(config.upload_rate), config.max_client_connections)
+    swarm = Swarm(config.dir, exclude=state_dir, announce_seconds=config.swarm_announce_seconds)
     app = make_app(inventory, config.resolved_http_token(), limits=limits,
-                   status_public=config.status_public)
+                   status_public=config.status_public, swarm=swarm)
+    app[AGENT_ID] = agent_id
     downloads = Downloads(config.dir, config.tracker,
                           state_file=os.path.join(state_dir, "fetches.json"),
                           link=config.tracker_link(), agent_token=config.resolved_http_token())
@@ -173,16 +177,19 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     if report:
         if tracker is None:
             tracker = owned = TrackerClient(config.tracker, link=config.tracker_link())
-        reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot)
+        reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot,
+                            partials=swarm.snapshot)
         inventory.on_change = reporter.notify
+        swarm.on_change = reporter.notify_partial
     observer = runner.app[OBSERVER]
     observer.info.update(agent_id=agent_id, base_url=base_url,
                          tracker=config.tracker if report else None)
     if reporter is not None:
         observer.connected = reporter.connected.is_set
     agent = RunningAgent(config, host, bound_port, base_url, agent_id, inventory, reporter,
-                         runner, cache, _owned_tracker=owned, downloads=downloads)
+                         swarm, runner, cache, _owned_tracker=owned, downloads=downloads)
     agent._tasks.append(asyncio.create_task(inventory.run(config.rescan_seconds)))
+    agent._tasks.append(asyncio.create_task(swarm.run()))
     if reporter is not None:
         agent._tasks.append(asyncio.create_task(reporter.run()))
     return agent

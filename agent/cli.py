@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="addresses or networks that may hand this agent fetches through "
                         "/fetches and /api/fetches (default 127.0.0.0/8,::1/128: this machine "
                         "only); they download into DIR, so open this with care")
+    s.add_argument("--swarm-announce-seconds", metavar="S",
+                   help="tell the tracker of a shared download's pieces at most once per S "
+                        "seconds (default 1)")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sec = s.add_argument_group("security (tokens: a file, or AGENT_TRACKER_TOKEN / "
                                "AGENT_HTTP_TOKEN in the environment; never on the command line)")
@@ -123,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "settle_seconds": args.settle_seconds, "http_token_file": args.http_token_file,
                  "status_public": args.status_public, "upload_rate": args.upload_rate,
                  "max_client_connections": args.max_client_connections,
-                 "fetch_allow": args.fetch_allow, **security.link_flags(args)}
+                 "fetch_allow": args.fetch_allow,
+                 "swarm_announce_seconds": args.swarm_announce_seconds,
+                 **security.link_flags(args)}
         cfg = agent_config.load(args.config, flags)
         asyncio.run(_serve(cfg))
     except MfetchError as e:

@@ -51,6 +51,9 @@ class AgentConfig:
     fetch_allow     client addresses or networks that may use the fetch page and API
                     (/fetches, /api/fetches), which download into DIR; default loopback only.
                     An empty list turns them off for everyone.
+    swarm_announce_seconds
+                    swarming: the tracker hears of a shared download's bitfield at most
+                    once per this many seconds (default 1; peers ask the agent for fresher)
     """
 
     dir: str = ""
@@ -73,6 +76,7 @@ class AgentConfig:
     upload_rate: str = ""
     max_client_connections: int = 8
     fetch_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    swarm_announce_seconds: float = 1.0
 
     def validated(self) -> AgentConfig:
         """Check every value; raise ConfigError naming the first bad one."""
@@ -96,6 +100,9 @@ class AgentConfig:
         from agent.fetch_page import parse_allow
 
         parse_allow(self.fetch_allow)
+        if self.swarm_announce_seconds <= 0:
+            raise ConfigError("swarm_announce_seconds must be positive, got "
+                              f"{self.swarm_announce_seconds}")
         if self.settle_seconds < 0:
             raise ConfigError(f"settle_seconds must not be negative, got {self.settle_seconds}")
         self.tracker_link()  # certificate and token files are checked now

@@ -7,12 +7,13 @@ handler runs, so nothing about DIR (not even whether a path exists) is told.
 Tokens are compared in constant time. Pages added later that must stay open
 belong in OPEN_PATHS.
 
-One exception: the pages a person opens in a browser on the agent's own
-machine (LOCAL_PAGES: the status page, the fetch page and their JSON and
-metrics) need no token from a loopback client, since a browser cannot send a
-bearer token and those pages have their own address checks (loopback only by
-default, agent/status.py and agent/fetch_page.py). From any other address
-they need the token like everything else.
+One exception: what is used from the agent's own machine (LOCAL_PAGES: the
+status page, the fetch page and their JSON and metrics, and the API through
+which mfetch shares a download) needs no token from a loopback client, since
+a browser cannot send a bearer token and those paths have their own address
+checks (loopback only by default: agent/status.py, agent/fetch_page.py,
+agent/swarm.py). From any other address they need the token like everything
+else.
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from common import security
+from common import agent_api, security
 
 OPEN_PATHS = frozenset({"/healthz"})
-LOCAL_PAGES = ("/status", "/api/status", "/metrics", "/fetches", "/api/fetches")
+LOCAL_PAGES = ("/status", "/api/status", "/metrics", "/fetches", "/api/fetches",
+               agent_api.LOCAL_SWARM)
 REALM = 'Bearer realm="mfetch-agent"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

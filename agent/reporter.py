@@ -40,7 +40,8 @@ class TrackerApi(Protocol):
     async def register(self, agent_id: str, base_url: str) -> Lease: ...
 
     async def announce(self, agent_id: str, added: Mapping[str, Identity] | None = None,
-                       removed: Iterable[str] = (), *, replace: bool = False) -> int: ...
+                       removed: Iterable[str] = (), *, replace: bool = False,
+                       have: Mapping[str, bytes] | None = None) -> int: ...
 
     async def heartbeat(self, agent_id: str) -> int: ...
 
@@ -62,6 +63,7 @@ class Reporter:
         snapshot: Callable[[], list[FileEntry]],
         *,
         rng: random.Random | None = None,
+        partials: Callable[[], Mapping[str, tuple[Identity, bytes]]] | None = None,
     ) -> None:
         self._tracker = tracker
         self._agent_id = agent_id
@@ -69,6 +71,8 @@ class Reporter:
         self._snapshot = snapshot
         self._rng = rng or random.Random()
         self._pending: dict[str, Identity | None] = {}  # path -> new identity, None = removed
+        self._partials = partials  # swarm downloads: path -> (identity, bitfield)
+        self._have: dict[str, bytes] = {}  # bitfields of pending partial holdings
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()  # set while the tracker has our full inventory
 
@@ -78,6 +82,16 @@ class Reporter:
             self._pending[path] = None
         for entry in changes.added:
             self._pending[entry.path] = entry.identity
+        self._wake.set()
+
+    def notify_partial(self, path: str, identity: Identity, have: bytes | None) -> None:
+        """Queue a swarm download's holding (have: its bitfield, b"" = whole, None = gone).
+        The caller rate-limits (agent.swarm); the latest bitfield supersedes the last."""
+        self._pending[path] = None if have is None else identity
+        if have:
+            self._have[path] = have
+        else:
+            self._have.pop(path, None)
         self._wake.set()
 
     async def run(self) -> None:
@@ -109,9 +123,16 @@ class Reporter:
         # No await between clearing and the snapshot: the snapshot includes every
         # change queued so far, so none is lost or replayed out of order.
         self._pending.clear()
+        self._have.clear()
         self._wake.clear()
         everything = {e.path: e.identity for e in self._snapshot()}
-        await self._tracker.announce(self._agent_id, everything, replace=True)
+        have: dict[str, bytes] = {}
+        for path, (ident, bits) in (self._partials() if self._partials else {}).items():
+            everything[path] = ident
+            if bits:
+                have[path] = bits
+        await self._tracker.announce(self._agent_id, everything, replace=True,
+                                     **({"have": have} if have else {}))
         self.connected.set()
         return lease
 
@@ -122,9 +143,12 @@ class Reporter:
         while True:
             if self._pending:
                 batch, self._pending = self._pending, {}
+                bits, self._have = self._have, {}
                 added = {p: i for p, i in batch.items() if i is not None}
                 removed = [p for p, i in batch.items() if i is None]
-                await self._tracker.announce(self._agent_id, added, removed, replace=False)
+                have = {p: b for p, b in bits.items() if p in added}
+                await self._tracker.announce(self._agent_id, added, removed, replace=False,
+                                             **({"have": have} if have else {}))
             if loop.time() >= next_beat:
                 await self._tracker.heartbeat(self._agent_id)
                 next_beat = loop.time() + interval

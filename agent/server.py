@@ -50,11 +50,13 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 
 from agent import status
+from agent import swarm as swarm_mod
 from agent.hashcache import StatKey
 from agent.http_auth import require_token
 from agent.inventory import Inventory, inside, is_shareable_name
 from agent.limits import Limits
 from agent.observe import AgentObserver, Transfer, counting_middleware
+from agent.swarm import _SWARM, Swarm
 from common import agent_api
 from common.http_ranges import content_range, parse_range
 
@@ -185,8 +187,15 @@ async def _send(request: web.Request, inventory: Inventory, rel: str, fd: int,
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
+    return await stream_range(request, resp, fd, start, end, rel)
+
+
+async def stream_range(request: web.Request, resp: web.StreamResponse, fd: int, start: int,
+                       end: int, what: str) -> web.StreamResponse:
+    """Send bytes [start, end) of `fd` as the prepared `resp`'s body (files and swarm),
+    within the upload cap, shown as a transfer of `what` on the status page."""
     observer = request.app[status.OBSERVER]
-    transfer = observer.begin(request.remote or "?", rel, start, end)
+    transfer = observer.begin(request.remote or "?", what, start, end)
     try:
         return await _send_body(request, resp, fd, start, end, observer, transfer)
     finally:
@@ -225,6 +234,8 @@ async def handle_pieces(request: web.Request) -> web.Response:
     if not _HEX64.fullmatch(hexdigest):
         raise web.HTTPNotFound(text="not found\n")
     found = request.app[_INVENTORY].pieces_for(bytes.fromhex(hexdigest))
+    if found is None and _SWARM in request.app:  # a download in progress, shared
+        found = request.app[_SWARM].pieces_for(bytes.fromhex(hexdigest))
     if found is None:
         raise web.HTTPNotFound(text="not found\n")
     piece_size, pieces = found
@@ -238,10 +249,12 @@ async def handle_health(request: web.Request) -> web.Response:
 
 def make_runner(inventory: Inventory, token: str | None = None, *,
                 limits: Limits | None = None, status_public: bool = False,
-                app: web.Application | None = None) -> web.AppRunner:
+                swarm: Swarm | None = None, app: web.Application | None = None
+                ) -> web.AppRunner:
     """An AppRunner for make_app(inventory, token, ...) (or `app`, made by make_app)
     with the agent's connection bounds."""
-    app = app or make_app(inventory, token, limits=limits, status_public=status_public)
+    app = app or make_app(inventory, token, limits=limits, status_public=status_public,
+                          swarm=swarm)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
     app[status.OBSERVER].open_connections = (
         lambda: len(runner.server.connections) if runner.server is not None else 0)
@@ -249,18 +262,22 @@ def make_runner(inventory: Inventory, token: str | None = None, *,
 
 
 def make_app(inventory: Inventory, token: str | None = None, *, limits: Limits | None = None,
-             status_public: bool = False) -> web.Application:
+             status_public: bool = False, swarm: Swarm | None = None) -> web.Application:
     """The aiohttp application serving `inventory.root` and the pieces it holds, with
     its status page and metrics (agent/status.py; loopback clients only unless
-    `status_public`); with `token`, every path but the open ones (agent.http_auth)
-    needs it, the status paths included; `limits` caps uploads (agent/limits.py)."""
+    `status_public`), and with `swarm`, the downloads in progress on this machine
+    (agent/swarm.py). With `token`, every path but the open ones (agent.http_auth)
+    needs it; `limits` caps uploads (agent/limits.py)."""
     observer = AgentObserver(inventory)
     limits = limits or Limits()
     middlewares = [counting_middleware(observer)]
     if token:
         middlewares.append(require_token(token))
     middlewares.append(limits.middleware)
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=middlewares,
+                          client_max_size=swarm_mod.MAX_REGISTRATION if swarm else 1024**2)
+    if swarm is not None:
+        swarm_mod.add_routes(app, swarm)
     app[_INVENTORY] = inventory
     app[_LIMITS] = limits
     status.add_routes(app, observer, public=status_public)

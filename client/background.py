@@ -14,8 +14,6 @@ import aiohttp
 from client.http import check_url, describe
 from common.errors import ConfigError, SourceError
 
-DEFAULT_AGENT = "http://127.0.0.1:7070"
-
 
 async def hand_over(agent: str, targets: list[str], sha256: str | None,
                     timeout: float = 10.0) -> dict[str, object]:

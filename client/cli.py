@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -88,12 +89,15 @@ def parser() -> argparse.ArgumentParser:
                         "500K, 2M, 1G; K = 1024)")
     p.add_argument("--stall-timeout", type=float, metavar="S",
                    help="seconds without a byte before a request is given up (default 8)")
+    p.add_argument("--agent", metavar="URL",
+                   help="this machine's agent (default http://127.0.0.1:7070): a download by "
+                        "NAME saved inside the agent's directory is shared with other fetchers "
+                        "while it runs and seeded when done (swarming); --background hands "
+                        "the fetch to it")
     bg = p.add_argument_group("background fetches (by the local agent)")
     bg.add_argument("--background", action="store_true",
                     help="hand the fetch to the agent, which saves it in its folder and "
                          "shares it; prints the fetch id and where to watch it, and exits")
-    bg.add_argument("--agent", metavar="URL",
-                    help="the agent for --background (default http://127.0.0.1:7070)")
     web = p.add_argument_group("HTTP options (as in curl and wget)")
     web.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                      help="send this header (repeatable); Authorization and Cookie headers "
@@ -299,8 +303,22 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
     if not quiet and sys.stderr.isatty():
         from client.progress import Progress
         progress = Progress(plan.name)
+    swarm = None
+    if cfg.agent and not plan.stream:
+        from client.swarm import SwarmLink
+
+        swarm = SwarmLink(cfg.agent, plan, cfg.tracker, http,
+                          link=security.link_from(cfg, "tracker_token"))
+        # Quietly no swarming when nobody asked for it and no agent runs here.
+        if await swarm.register(store, quiet=cfg.agent == client_config.DEFAULT_AGENT):
+            # Our own agent is not a source of what we are fetching.
+            plan = dataclasses.replace(plan, sources=tuple(
+                s for s in plan.sources if not s.agent_id or s.agent_id != swarm.agent_id))
     fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
-                      on_progress=progress, limit=client_config.rate_limit(cfg))
+                      on_progress=progress, limit=client_config.rate_limit(cfg),
+                      rarest_first=bool(swarm and swarm.registered))
+    sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
+    completed = False
     try:
         if progress:
             with progress:
@@ -308,8 +326,18 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         else:
             sha = await fetcher.run()
         path = store.finish()
+        completed = True
     finally:
         store.close()
+        if sharing is not None:
+            sharing.cancel()
+            await asyncio.gather(sharing, return_exceptions=True)
+        if swarm is not None:
+            if completed:
+                await swarm.complete(str(path.resolve()))
+            else:
+                await swarm.withdraw()
+            await swarm.close()
     return Result(str(path), plan.size, sha, time.monotonic() - started, fetcher.report(),
                   tuple(plan.notes) + tuple(fetcher.notes), verified_by(plan))
 

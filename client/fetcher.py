@@ -30,10 +30,11 @@ from client.http import (
     status_fault,
     validator_of,
 )
-from client.plan import Plan
+from client.plan import Plan, SourcePlan
 from client.repair import UNKNOWN, repair
 from client.scheduler import Scheduler, SchedulerConfig
 from client.storage import ContentKey, PartFile
+from common import bitfield
 from common.errors import IntegrityError, MfetchError, SourceError
 from common.ratelimit import TokenBucket
 
@@ -157,17 +158,21 @@ class Fetcher:
     def __init__(self, plan: Plan, store: PartFile, *, config: SchedulerConfig | None = None,
                  http: HttpClient, done: set[int] | None = None,
                  on_progress: Callable[[Fetcher], None] | None = None,
-                 limit: TokenBucket | None = None) -> None:
+                 limit: TokenBucket | None = None, rarest_first: bool = False) -> None:
         self.plan = plan
         self.limit = limit  # one bucket for every connection (--limit-rate)
         self.store = store
         self.http = http
         self.sources = [_SourceState(s.url, s.kind, s.validator) for s in plan.sources]
-        hosts: dict[str, int] = {}  # sources on one host:port share its connection cap
+        # Sources on one host:port share its connection cap.
+        self.hosts: dict[str, int] = {}
+        hosts = self.hosts
         self.sched = Scheduler(plan.pieces, plan.piece_size, plan.size, len(plan.sources),
                                done=done or (), config=config, clock=time.monotonic,
                                hosts=[hosts.setdefault(origin(s.url), len(hosts))
-                                      for s in plan.sources])
+                                      for s in plan.sources],
+                               haves=[swarm_have(s, plan.pieces) for s in plan.sources],
+                               rarest_first=rarest_first)
         for i, s in enumerate(plan.sources):
             if not s.ranges:
                 self.sched.sources[i].ranges = False
@@ -241,13 +246,38 @@ class Fetcher:
                 f"kept as {self.store.part.name}")
         return sha.hex()
 
+    def add_source(self, source: SourcePlan) -> int:
+        """A source found mid-download (swarming: a peer); returns its index."""
+        self.sources.append(_SourceState(source.url, source.kind, source.validator))
+        host = self.hosts.setdefault(origin(source.url), len(self.hosts))
+        sid, actions = self.sched.add_source(swarm_have(source, self.plan.pieces), host)
+        self._execute(actions)
+        self.changed.set()
+        return sid
+
+    def set_stripe(self, rank: int, count: int) -> None:
+        """This fetcher is number `rank` of `count` fetching the content together."""
+        self.sched.set_stripe(rank, count)
+
+    def set_have(self, source: int, have: bytearray) -> None:
+        """A partial holder's latest pieces (one byte each, 0/1)."""
+        self.sched.set_have(source, have)
+        self.changed.set()
+
     def emit(self, event: ev.Event) -> None:
         """Feed an event to the scheduler and carry out what it answers."""
         actions = self.sched.handle(event)
         if actions:
             self._execute(actions)
-        if not isinstance(event, ev.BytesReceived):
-            self.changed.set()  # a waiting connection may find work now
+        if isinstance(event, ev.BytesReceived):
+            return
+        if self.sched.swarm and not actions and (
+                isinstance(event, (ev.Tick, ev.PieceDone))
+                or isinstance(event, ev.RequestEnded) and event.fault is None):
+            # A swarm has many idle connections: wake them only when work may have
+            # come back (they also look again every 0.25 s for the tail's sake).
+            return
+        self.changed.set()  # a waiting connection may find work now
 
     def _execute(self, actions: list[ev.Action]) -> None:
         for a in actions:
@@ -508,3 +538,11 @@ def content_key(plan: Plan) -> ContentKey:
     return ContentKey(plan.size, plan.piece_size, plan.sha256.hex() if plan.sha256 else "",
                       plan.root.hex() if plan.root else "",
                       {s.url: s.validator for s in plan.sources if s.validator})
+
+
+def swarm_have(source: SourcePlan, pieces: int) -> bytearray | None:
+    """A partial holder's pieces, one byte each; None for a full holder (or a bitfield
+    that does not fit this content, which the plan has already left out)."""
+    if not source.have:
+        return None
+    return bitfield.unpack(source.have, pieces)

@@ -19,9 +19,10 @@ from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe, re
 
 if TYPE_CHECKING:
     from common.tracker_client import TrackerClient
+from common import bitfield
 from common.errors import ConfigError, IntegrityError, NotFoundError, SourceError
 from common.identity import Identity, digest_from_hex, piece_size_for
-from common.index import Candidate, SourceKind
+from common.index import Candidate, Source, SourceKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class SourcePlan:
     kind: str  # "agent", "mirror" or "url"
     validator: str = ""  # known in advance (agents: their ETag; URLs: from the probe)
     ranges: bool = True
+    agent_id: str = ""  # agents only
+    have: bytes = b""  # a partial holder's bitfield (common.bitfield); empty: every piece
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,19 @@ async def plan_from_tracker(client: HttpClient, tracker: TrackerClient, name: st
 async def _plan_candidate(client: HttpClient, cand: Candidate, name: str,
                           notes: list[str]) -> Plan:
     content = cand.content
-    agents = [s for s in cand.sources if s.kind is SourceKind.AGENT]
-    sources = tuple(SourcePlan(s.url, s.kind.value) for s in cand.sources)
+    located = list(cand.sources)
+    if cand.has_pieces:
+        for s in [s for s in located if s.have]:
+            try:
+                bitfield.check(s.have, content.pieces)
+            except bitfield.BadBitfield as e:
+                notes.append(f"leaving out {s.url}: its {e}")
+                located.remove(s)
+    else:
+        located = [s for s in located if not s.have]  # pieces unknown: no partial holders
+    # Full holders first: they surely have the piece list.
+    agents = sorted((s for s in located if s.kind is SourceKind.AGENT), key=lambda s: bool(s.have))
+    sources = tuple(source_plan(s) for s in located)
     if not cand.has_pieces:
         # Only mirrors: no piece hashes, but the whole-file sha256 is known.
         piece = piece_size_for(content.size)
@@ -106,6 +120,12 @@ async def _plan_candidate(client: HttpClient, cand: Candidate, name: str,
     hashes = await fetch_piece_list(client, content, [s.pieces_url for s in agents])
     return Plan(safe_name(name), content.size, content.piece_size, content.sha256, content.root,
                 tuple(hashes), sources, tuple(notes))
+
+
+def source_plan(s: Source) -> SourcePlan:
+    """A located source as the fetcher sees it; a partial holder (swarm peer) is "peer"."""
+    return SourcePlan(s.url, "peer" if s.have else s.kind.value, agent_id=s.agent_id,
+                      have=s.have)
 
 
 async def fetch_piece_list(client: HttpClient, content: Identity,

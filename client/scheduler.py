@@ -27,11 +27,34 @@ answers with actions, and never touches a socket, a file or the real clock
   ``first_byte_timeout``) fails; failures back off exponentially with jitter;
   ``max_failures`` failures in a row, any fatal fault, or one bad piece drop
   the source, and its work returns to the pool.
+- Swarming: a source may be a partial holder (a peer's download in progress)
+  with a bitfield of the pieces it has, which can grow (:meth:`Scheduler.set_have`),
+  and sources can join mid-download (:meth:`Scheduler.add_source`). A partial
+  holder is only ever asked for pieces it has. Once any partial holder is known,
+  pieces are chosen rarest first: the fewest live sources hold them, ties broken
+  at random, so fetchers that start together ask the origin for different
+  pieces. A full holder (the origin) is then asked only for pieces no live
+  partial holder has, and does not take over a peer's requests: its uplink is
+  what the whole swarm shares, so each byte should leave it about once. A peer
+  that fails or lies is dropped, and what only it had becomes the origin's again;
+  and when no piece has arrived for ``stripe_patience`` (a peer that is alive
+  but stuck), these rules give way until one does.
+  Requests are at most ``swarm_request_pieces`` pieces, so verified pieces (and
+  the news of them) reach the peers sooner.
+- Stripes: fetchers cannot see each other's requests in flight, only verified
+  pieces, so two of them may ask the origin for the same piece at once. With
+  :meth:`Scheduler.set_stripe` (this fetcher is number ``rank`` of ``count``
+  fetchers sharing the content, an order every one of them computes alike from
+  the tracker's answer), a full holder is asked only for the blocks of
+  ``swarm_request_pieces`` pieces in this fetcher's stripe; the other stripes
+  come from their fetchers through the peers. Only when no piece has arrived
+  for ``stripe_patience`` (a stripe's fetcher stalled or left) is the origin
+  asked for the other stripes too.
 """
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from client.events import (
@@ -81,6 +104,8 @@ class SchedulerConfig:
     # Off under a local rate limit: a duplicate then only halves the useful rate, since
     # both copies pass through the same bucket (splitting a range still happens).
     tail_duplicates: bool = True
+    swarm_request_pieces: int = 4  # most pieces per request when swarming: news spreads sooner
+    stripe_patience: float = 2.0  # no piece for this long: ask the origin outside our stripe
 
 
 class RateMeter:
@@ -138,6 +163,10 @@ class _Source:
     adapt_at: float = 0.0
     rate_before_add: float = 0.0
     saturated: bool = False
+    have: bytearray | None = None  # a partial holder's pieces (0/1 each); None: all
+
+    def holds(self, piece: int) -> bool:
+        return self.have is None or bool(self.have[piece])
 
 
 @dataclass(eq=False)
@@ -196,7 +225,14 @@ class Scheduler:
         clock: Callable[[], float],
         rng: random.Random | None = None,
         hosts: Iterable[int] | None = None,
+        haves: Sequence[bytes | bytearray | None] = (),
+        rarest_first: bool = False,
     ) -> None:
+        """`haves[i]`, when given and not None, makes source i a partial holder with
+        those pieces (one byte per piece, 0/1). `rarest_first` chooses pieces rarest
+        first (random among equals) from the start, as when a partial holder is known:
+        for a fetcher that shares its download, so that fetchers starting together
+        ask the origin for different pieces before they know of each other."""
         self.cfg = config or SchedulerConfig()
         self.clock = clock
         self.rng = rng or random.Random()
@@ -212,6 +248,14 @@ class Scheduler:
         self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
         # Which host each source is on (equal numbers: one host, one connection cap).
         self.host_of = list(hosts) if hosts is not None else list(range(sources))
+        self.avail = [0] * pieces  # how many live sources hold each piece
+        self.swarm = rarest_first  # or a partial holder was ever known: rarest first
+        self._counted: set[int] = set()  # sources whose pieces `avail` counts
+        self.stripe: tuple[int, int] | None = None  # (rank, count) among the fetchers
+        self._last_piece = clock()  # when the last piece was verified (stripe patience)
+        self._started = False
+        for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
+            self._set_have(src, have)
         self.conns: dict[int, _Conn] = {}
         self.requests: dict[int, _Request] = {}
         self._next_id = 0
@@ -223,13 +267,14 @@ class Scheduler:
 
     def start(self) -> list[Action]:
         """The first actions: open connections, or Finished if nothing is left."""
+        self._started = True
         if self.left == 0:
             self.finished = True
             return [Finished()]
         now = self.clock()
         out: list[Action] = []
         for s in self.sources:
-            s.target = min(self.cfg.initial_connections, s.max_connections)
+            s.target = self._initial_target(s)
             s.adapt_at = now + self.cfg.adapt_interval
             out += self._open_up_to_target(s)
         return out
@@ -267,6 +312,37 @@ class Scheduler:
             case Tick():
                 return self._on_tick()
         raise TypeError(f"unknown event {event!r}")
+
+    def add_source(self, have: bytes | bytearray | None = None,
+                   host: int | None = None) -> tuple[int, list[Action]]:
+        """A source found mid-download (a partial holder when `have` is given), on
+        `host` (as in ``hosts``; None: a host of its own): its id, and the connections
+        to open for it."""
+        src = _Source(len(self.sources), self.cfg.max_connections_per_source)
+        self.sources.append(src)
+        self.host_of.append(max(self.host_of, default=-1) + 1 if host is None else host)
+        self._set_have(src, have)
+        if not self._started or self.finished or self.failed:
+            return src.id, []
+        src.target = self._initial_target(src)
+        src.adapt_at = self.clock() + self.cfg.adapt_interval
+        return src.id, self._open_up_to_target(src)
+
+    def set_have(self, source: int, have: bytes | bytearray) -> None:
+        """A partial holder's latest bitfield (one byte per piece, 0/1). Ignored for a
+        full holder. Its connections find the new pieces when they next ask for work."""
+        src = self.sources[source]
+        if src.have is not None:
+            self._set_have(src, have)
+
+    def set_stripe(self, rank: int, count: int) -> None:
+        """This fetcher is number `rank` (from 0) of `count` sharing the content."""
+        if not 0 <= rank < count:
+            raise ValueError(f"stripe {rank} of {count}")
+        self.stripe = (rank, count) if count > 1 else None
+
+    def holds(self, source: int, piece: int) -> bool:
+        return self.sources[source].holds(piece)
 
     def request_end(self, request: int) -> int:
         """Where `request` must stop now (it may have been truncated)."""
@@ -335,6 +411,7 @@ class Scheduler:
             return out
         self.done[piece] = 1
         self.left -= 1
+        self._last_piece = self.clock()
         if req is not None:
             self.sources[req.source].pieces += 1
         # The first verified copy wins: cancel the others' work on this piece.
@@ -446,6 +523,12 @@ class Scheduler:
         if self._low >= self.pieces:
             return None
         first = self._low
+        rarity = 0
+        if self.swarm:
+            picked = self._rarest(src)
+            if picked is None:
+                return None
+            first, rarity = picked
         if not src.ranges:  # streams from the start: as far as nobody else owns
             end = first
             while end < self.pieces and (self.done[end] or self.owner[end] == NO_OWNER):
@@ -453,22 +536,61 @@ class Scheduler:
             return first, end
         rate = self._conn_rate(conn, now)
         want = rate * self.cfg.request_seconds
+        if self.swarm:
+            want = min(want, self.cfg.swarm_request_pieces * self.piece_size)
         # Never more than this connection's share of what is left, so the tail is short.
         unclaimed = self._unclaimed_bytes()
         total = sum(self._conn_rate(c, now) for c in self.conns.values()) or rate
         want = min(want, unclaimed * rate / total if total > 0 else want)
         want = min(want, self.cfg.max_request_bytes)
         count = max(1, int(want // self.piece_size))
-        if conn.meter.samples == 0 and conn.last_count:
+        if conn.meter.samples == 0 and conn.last_count and not self.swarm:
             # Slow start: until a full window is measured, each request may double the last.
             cap = max(1, int(min(unclaimed * 0.5, self.cfg.max_request_bytes) // self.piece_size))
             count = max(count, min(2 * conn.last_count, cap))
         conn.last_count = count
         end = first
         while end < self.pieces and end - first < count and not self.done[end] \
-                and self.owner[end] == NO_OWNER:
+                and self.owner[end] == NO_OWNER \
+                and (not self.swarm or src.holds(end) and 0 <= self._rank(src, end) <= rarity):
             end += 1
         return first, end
+
+    def _rank(self, src: _Source, piece: int) -> int:
+        """How much `src` should avoid `piece`, lower first: the rarer first; -1 when not
+        at all (a full holder, a piece outside this fetcher's stripe, and no patience
+        lost yet)."""
+        a = self.avail[piece]
+        if self.stripe is not None and src.have is None:
+            rank, count = self.stripe
+            if (piece // self.cfg.swarm_request_pieces) % count != rank:
+                if not self._starving():
+                    return -1
+                a += len(self.sources) + 1
+        return a
+
+    def _rarest(self, src: _Source) -> tuple[int, int] | None:
+        """An unclaimed piece `src` holds that the fewest live sources hold (random
+        among equals), and that count; None if `src` holds no unclaimed piece."""
+        best, best_avail, ties = None, 0, 0
+        done, owner, avail = self.done, self.owner, self.avail
+        full = self._live_full() if src.have is None and not self._starving() else -1
+        for p in range(self._low, self.pieces):
+            if done[p] or owner[p] != NO_OWNER or not src.holds(p):
+                continue
+            a = avail[p]
+            if a > full >= 0:
+                continue  # a full holder: only what no peer has
+            a = self._rank(src, p)
+            if a < 0:
+                continue
+            if best is None or a < best_avail:
+                best, best_avail, ties = p, a, 1
+            elif a == best_avail:
+                ties += 1
+                if self.rng.randrange(ties) == 0:
+                    best = p
+        return None if best is None else (best, best_avail)
 
     def _steal(self, conn: _Conn, now: float) -> list[Action]:
         """Nothing unclaimed: split the slowest request or duplicate its piece."""
@@ -476,8 +598,18 @@ class Scheduler:
         if my_rate <= 0:
             return [Wait(conn.id)]
         victim, victim_left = None, 0.0
+        thief = self.sources[conn.source]
         for req in self.requests.values():
             if req.buffered or req.source == conn.source and not self.sources[req.source].ranges:
+                continue
+            if not (thief.holds(req.cursor) or thief.holds(req.end - 1)):
+                continue  # a partial holder can help only with pieces it has
+            if self.swarm and thief.have is None and self.sources[req.source].have is not None \
+                    and not self._starving():
+                continue  # the origin does not redo a peer's work
+            if self.swarm and now - req.started < self.cfg.request_seconds:
+                # Many peer connections sit idle in a swarm: give a request time to show
+                # its rate before copying it, or every new request gets a twin.
                 continue
             left = self._time_left(req, now)
             if left > victim_left:
@@ -495,6 +627,9 @@ class Scheduler:
             # the first thief (which may be slow itself).
             portion = max(1, int(my_rate * self.cfg.request_seconds // self.piece_size))
             take = min(int(spare * share), portion)
+            while take >= 1 and not all(thief.holds(p) for p in range(victim.end - take,
+                                                                       victim.end)):
+                take -= 1
             if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
                 cut = victim.end - take
                 victim.end = cut
@@ -505,7 +640,7 @@ class Scheduler:
         # Duplicate the piece the victim is working on, if we would clearly win.
         piece = victim.cursor
         if self.cfg.tail_duplicates and piece < victim.end and not self.done[piece] \
-                and not self.dups.get(piece):
+                and not self.dups.get(piece) and thief.holds(piece):
             mine = self._piece_bytes(piece) / my_rate + latency
             if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
                 return [self._fetch(conn, piece, piece + 1, buffered=True)]
@@ -567,6 +702,9 @@ class Scheduler:
         if src.dropped:
             return []
         src.dropped = reason
+        for p in range(self.pieces):
+            if src.holds(p):
+                self.avail[p] -= 1
         out: list[Action] = [DropSource(sid, reason)]
         for req in list(self.requests.values()):
             if req.source == sid:
@@ -631,6 +769,37 @@ class Scheduler:
         if rate <= 0:
             return float("inf") if req.last_byte is not None else self.cfg.first_byte_timeout
         return left / rate
+
+    def _starving(self) -> bool:
+        """No piece verified for stripe_patience: the swarm rules give way (a stalled
+        peer or stripe), and the origin may be asked for anything."""
+        return self.clock() - self._last_piece >= self.cfg.stripe_patience
+
+    def _initial_target(self, src: _Source) -> int:
+        """Connections to start with: one to a partial holder (a swarm has many peers,
+        most of them with little to give at first; more are added while they help)."""
+        first = 1 if src.have is not None else self.cfg.initial_connections
+        return min(first, src.max_connections)
+
+    def _live_full(self) -> int:
+        """How many live sources hold every piece."""
+        return sum(1 for s in self.sources if s.have is None and not s.dropped)
+
+    def _set_have(self, src: _Source, have: bytes | bytearray | None) -> None:
+        """Make `src` hold `have` (None: every piece), keeping `avail` right."""
+        if have is not None and len(have) != self.pieces:
+            raise ValueError(f"bitfield of {len(have)} pieces for a {self.pieces}-piece file")
+        if not src.dropped:
+            counted = src.id in self._counted
+            for p in range(self.pieces):
+                was = counted and src.holds(p)
+                now = have is None or bool(have[p])
+                if was != now:
+                    self.avail[p] += 1 if now else -1
+        self._counted.add(src.id)
+        src.have = bytearray(have) if have is not None else None
+        if have is not None:
+            self.swarm = True
 
     def _new_id(self) -> int:
         self._next_id += 1

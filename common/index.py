@@ -24,12 +24,15 @@ class SourceKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One place to fetch a content from. `pieces_url` and `agent_id` are empty for mirrors."""
+    """One place to fetch a content from. `pieces_url` and `agent_id` are empty for mirrors.
+
+    `have` is a partial holder's bitfield (common.bitfield); empty for a full holder."""
 
     kind: SourceKind
     url: str
     pieces_url: str = ""
     agent_id: str = ""
+    have: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,11 +108,15 @@ class TrackerClient:
         return Lease(r.lease_seconds, r.heartbeat_seconds)
 
     async def announce(self, agent_id: str, added: Mapping[str, Identity] | None = None,
-                       removed: Iterable[str] = (), *, replace: bool = False) -> int:
+                       removed: Iterable[str] = (), *, replace: bool = False,
+                       have: Mapping[str, bytes] | None = None) -> int:
         """Send holdings (path -> identity) and removed paths; `replace` sends the whole
-        inventory. Returns how many holdings the tracker now has for the agent.
-        NotFoundError means: register again, then announce everything with replace."""
-        holdings = [pb.Holding(path=path, content=_content(ident))
+        inventory. `have` gives the bitfield of added paths that are partial holdings
+        (swarm downloads in progress). Returns how many holdings the tracker now has
+        for the agent. NotFoundError means: register again, then announce everything
+        with replace."""
+        bits = have or {}
+        holdings = [pb.Holding(path=path, content=_content(ident), have=bits.get(path, b""))
                     for path, ident in (added or {}).items()]
         r = await self._call(self._open().Announce(
             pb.AnnounceRequest(agent_id=agent_id, replace=replace, added=holdings,
@@ -189,6 +193,6 @@ _KINDS = {pb.Source.AGENT: SourceKind.AGENT, pb.Source.MIRROR: SourceKind.MIRROR
 def _candidate(c: pb.Candidate) -> Candidate:
     content = Identity(int(c.content.size), bytes(c.content.sha256), int(c.content.piece_size),
                        bytes(c.content.root))
-    sources = tuple(Source(_KINDS[s.kind], s.url, s.pieces_url, s.agent_id)
+    sources = tuple(Source(_KINDS[s.kind], s.url, s.pieces_url, s.agent_id, bytes(s.have))
                     for s in c.sources if s.kind in _KINDS)
     return Candidate(content, c.name, sources, int(c.live_holders))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client import events as ev
@@ -29,6 +30,8 @@ class SimSource:
     trickle: float = 0.0
     die_at: float | None = None  # from then on connections fail
     liar: bool = False
+    # A partial holder (a swarm peer): the pieces it has at time t, one byte each (0/1).
+    have: Callable[[float], bytearray] | None = None
 
     def capacity(self, t: float) -> float:
         """Useful bytes/s at time t: what counts toward the ideal (a liar's are worth nothing)."""
@@ -60,6 +63,7 @@ class SimResult:
     bytes: list[int] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     bad_pieces_accepted: int = 0
+    unheld_asked: int = 0  # pieces asked of a partial holder that did not have them
 
     @property
     def efficiency(self) -> float:
@@ -85,7 +89,9 @@ def simulate(size: int, piece_size: int, sources: list[SimSource],
     now = [0.0]
     pieces = -(-size // piece_size)
     sched = Scheduler(pieces, piece_size, size, len(sources), config=config,
-                      clock=lambda: now[0], rng=random.Random(seed), done=done or ())
+                      clock=lambda: now[0], rng=random.Random(seed), done=done or (),
+                      haves=[s.have(0.0) if s.have else None for s in sources])
+    unheld = [0]
     idle: set[int] = set()
     conn_source: dict[int, int] = {}
     active: dict[int, _Active] = {}
@@ -100,6 +106,9 @@ def simulate(size: int, piece_size: int, sources: list[SimSource],
                     idle.add(conn)
                 case ev.Fetch():
                     src = sources[a.source]
+                    if src.have is not None:
+                        held = src.have(now[0])
+                        unheld[0] += sum(1 for p in range(a.first, a.end) if not held[p])
                     active[a.request] = _Active(a, now[0] + src.latency, a.first * piece_size)
                 case ev.Cancel(request):
                     act = active.pop(request, None)
@@ -150,13 +159,17 @@ def simulate(size: int, piece_size: int, sources: list[SimSource],
                 act.carry -= n
                 bad_accepted += _deliver(sched, act, n, size, piece_size, src, run, active, idle)
         if t >= next_tick:
+            for i, s in enumerate(sources):
+                if s.have is not None:
+                    sched.set_have(i, s.have(t))
             run(sched.handle(ev.Tick()))
             next_tick = t + 0.1
         now[0] = t + dt
     stats = [sched.stats(i) for i in range(len(sources))]
     return SimResult(now[0], ideal_time(size, sources), outcome[:1] == ["finished"],
                      "" if outcome[:1] == ["finished"] else (outcome or ["timed out"])[0],
-                     [s.bytes for s in stats], [s.dropped for s in stats], bad_accepted)
+                     [s.bytes for s in stats], [s.dropped for s in stats], bad_accepted,
+                     unheld[0])
 
 
 def _deliver(sched: Scheduler, act: _Active, n: int, size: int, piece_size: int,

@@ -53,7 +53,9 @@ def build(located: Iterable[Located], mirrors: Iterable[MirrorRecord],
     for loc in sorted(located, key=lambda x: (x.agent_id, x.holding.path)):
         g = groups.setdefault(loc.holding.identity,
                               _Group(loc.holding.identity, name or loc.holding.name))
-        g.agents.setdefault(loc.agent_id, loc)
+        held = g.agents.setdefault(loc.agent_id, loc)
+        if held.holding.have and not loc.holding.have:
+            g.agents[loc.agent_id] = loc  # one source per agent: its whole file if it has one
     for m in sorted(mirrors, key=lambda x: x.url):
         homes = [g for g in groups.values()
                  if g.identity.sha256 == m.sha256 and m.size in (0, g.identity.size)]
@@ -73,8 +75,9 @@ def _candidate(g: _Group, rng: random.Random) -> pb.Candidate:
     if len(agents) > MAX_AGENT_SOURCES:
         agents = sorted(rng.sample(agents, MAX_AGENT_SOURCES), key=lambda x: x.agent_id)
     sources = [pb.Source(kind=pb.Source.AGENT, agent_id=loc.agent_id,
-                         url=agent_api.file_url(loc.base_url, loc.holding.path),
-                         pieces_url=agent_api.pieces_url(loc.base_url, ident.sha256))
+                         url=agent_api.source_url(loc.base_url, loc.holding.path, ident.sha256),
+                         pieces_url=agent_api.pieces_url(loc.base_url, ident.sha256),
+                         have=loc.holding.have)
                for loc in agents]
     sources += [pb.Source(kind=pb.Source.MIRROR, url=m.url)
                 for m in list(g.mirrors.values())[:MAX_MIRROR_SOURCES]]

@@ -9,7 +9,8 @@ an agent id and a path into one set member)::
 
     leases               zset   agent_id -> lease expiry, seconds on Redis's clock (TIME)
     agent:{agent_id}     hash   base_url
-    held:{agent_id}      hash   path -> "SHA_HEX|SIZE|PIECE_SIZE|ROOT_HEX"   (its identity)
+    held:{agent_id}      hash   path -> "SHA_HEX|SIZE|PIECE_SIZE|ROOT_HEX[|HAVE_HEX]"
+                                (its identity; HAVE_HEX: a partial holder's bitfield)
     sha:{sha_hex}        set    "agent_id\\0path" of every holding of that content
     name:{name}          set    "agent_id\\0path" of every holding whose basename or
                                 whole path is name (a path in a folder is in two sets)
@@ -289,13 +290,16 @@ def redact(url: str) -> str:
         return "redis://(unparsable)"
 
 
-def _value(ident: Identity) -> str:
-    return f"{ident.sha256.hex()}|{ident.size}|{ident.piece_size}|{ident.root.hex()}"
+def _value(h: Holding) -> str:
+    ident = h.identity
+    value = f"{ident.sha256.hex()}|{ident.size}|{ident.piece_size}|{ident.root.hex()}"
+    return value + f"|{h.have.hex()}" if h.have else value
 
 
-def _identity(value: bytes) -> Identity:
-    sha, size, piece_size, root = value.decode().split("|")
-    return Identity(int(size), bytes.fromhex(sha), int(piece_size), bytes.fromhex(root))
+def _holding(path: str, value: bytes) -> Holding:
+    sha, size, piece_size, root, *have = value.decode().split("|")
+    return Holding(path, Identity(int(size), bytes.fromhex(sha), int(piece_size),
+                                  bytes.fromhex(root)), bytes.fromhex(have[0]) if have else b"")
 
 
 class RedisStore:
@@ -373,7 +377,7 @@ class RedisStore:
                               added: Sequence[Holding], removed: Sequence[str]) -> int:
         args: list[Any] = [agent_id, "1" if replace else "0", len(removed), *removed]
         for h in added:
-            args += [h.path, _value(h.identity)]
+            args += [h.path, _value(h)]
         return int(await self._call(self._update, *args))
 
     async def holdings_named(self, name: str) -> list[Located]:
@@ -385,7 +389,7 @@ class RedisStore:
     async def _located(self, key: str) -> list[Located]:
         flat = await self._call(self._locate, key)
         found = [Located(flat[i].decode(), flat[i + 1].decode(),
-                         Holding(flat[i + 2].decode(), _identity(flat[i + 3])))
+                         _holding(flat[i + 2].decode(), flat[i + 3]))
                  for i in range(0, len(flat), 4)]
         found.sort(key=lambda x: (x.agent_id, x.holding.path))
         return found

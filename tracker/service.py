@@ -250,6 +250,7 @@ def _holding(h: pb.Holding) -> Holding:
         ident = Identity(size=size, sha256=validate.digest(c.sha256),
                          piece_size=validate.piece_size(c.piece_size, size),
                          root=validate.digest(c.root, "root"))
+        have = validate.have(h.have, size, ident.piece_size)
     except Invalid as e:
         raise Invalid(f"{path!r}: {e}") from None
-    return Holding(path, ident)
+    return Holding(path, ident, have)

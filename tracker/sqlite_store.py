@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS holdings (
     sha256     BLOB NOT NULL,
     piece_size INTEGER NOT NULL,
     root       BLOB NOT NULL,
+    have       BLOB NOT NULL DEFAULT x'',  -- verified pieces of a partial holder; empty = all
     PRIMARY KEY (agent_id, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holdings_by_name ON holdings (name);
@@ -51,7 +52,7 @@ NAMES_SAMPLED = 64  # holdings read per content to find those names
 OVERVIEW_SCAN = 4  # contents looked at per content listed, at most
 
 _LOCATED = """
-SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root
+SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root, h.have
 FROM holdings h JOIN agents a ON a.agent_id = h.agent_id
 WHERE a.expires_at > ? AND ({where})
 ORDER BY a.agent_id, h.path
@@ -89,6 +90,9 @@ class SqliteStore:
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(holdings)")}
+            if "have" not in columns:  # a database from before swarming
+                db.execute("ALTER TABLE holdings ADD COLUMN have BLOB NOT NULL DEFAULT x''")
         except BaseException:
             db.close()
             raise
@@ -152,7 +156,7 @@ class SqliteStore:
     async def update_holdings(self, agent_id: str, *, replace: bool,
                               added: Sequence[Holding], removed: Sequence[str]) -> int:
         rows = [(agent_id, h.path, h.name, h.identity.size, h.identity.sha256,
-                 h.identity.piece_size, h.identity.root) for h in added]
+                 h.identity.piece_size, h.identity.root, h.have) for h in added]
 
         def do() -> int:
             db = self._conn()
@@ -164,8 +168,8 @@ class SqliteStore:
                                    [(agent_id, p) for p in removed])
                 db.executemany(
                     "INSERT OR REPLACE INTO holdings "
-                    "(agent_id, path, name, size, sha256, piece_size, root) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    "(agent_id, path, name, size, sha256, piece_size, root, have) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 (count,) = db.execute("SELECT COUNT(*) FROM holdings WHERE agent_id = ?",
                                       (agent_id,)).fetchone()
                 return int(count)
@@ -181,8 +185,9 @@ class SqliteStore:
         def do() -> list[Located]:
             cur = self._conn().execute(_LOCATED.format(where=where), (self._clock(), *args))
             return [Located(agent_id, base_url,
-                            Holding(path, Identity(size, bytes(sha), piece_size, bytes(root))))
-                    for agent_id, base_url, path, size, sha, piece_size, root in cur]
+                            Holding(path, Identity(size, bytes(sha), piece_size, bytes(root)),
+                                    bytes(have)))
+                    for agent_id, base_url, path, size, sha, piece_size, root, have in cur]
         return await self._run(do)
 
     # --- mirrors --------------------------------------------------------------------------

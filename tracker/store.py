@@ -3,7 +3,8 @@
 The store keeps three things:
 
 - agent leases: agent_id -> (base_url, expires_at);
-- holdings: (agent_id, path) -> content identity;
+- holdings: (agent_id, path) -> content identity, and for a swarm download in
+  progress the bitfield of its verified pieces (empty: the whole content);
 - mirrors: url -> (name, sha256, size).
 
 Liveness is decided by the store against its injected clock: a holding is
@@ -23,10 +24,16 @@ from common.identity import Identity
 
 @dataclass(frozen=True, slots=True)
 class Holding:
-    """One file an agent holds: its relative '/'-separated path and its identity."""
+    """One file an agent holds: its relative '/'-separated path and its identity.
+
+    `have` is empty for a whole file; for a partial holder (a download in
+    progress, see common.bitfield) the pieces it has verified. Announcing the
+    same path again replaces it: the latest bitfield wins.
+    """
 
     path: str
     identity: Identity
+    have: bytes = b""
 
     @property
     def name(self) -> str:

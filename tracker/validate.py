@@ -5,7 +5,8 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from common.identity import DIGEST_SIZE, piece_size_for
+from common import bitfield
+from common.identity import DIGEST_SIZE, piece_count, piece_size_for
 
 MAX_AGENT_ID = 128
 MAX_PATH_BYTES = 4096
@@ -109,3 +110,17 @@ def mirror_name(url: str, given: str) -> str:
         return rel_path(result)
     except Invalid as e:
         raise Invalid(f"mirror name: {e}") from None
+
+
+def have(value: bytes, file_size: int, piece_size_: int) -> bytes:
+    """A partial holder's bitfield for a content of this size and piece size: empty
+    (a whole file) or exactly ceil(pieces / 8) bytes with spare bits zero. A bitfield
+    with every piece is returned as empty, so a finished download reads as a whole file."""
+    if not value:
+        return b""
+    pieces = piece_count(file_size, piece_size_)
+    try:
+        bitfield.check(value, pieces)
+    except bitfield.BadBitfield as e:
+        raise Invalid(f"have: {e}") from None
+    return b"" if bitfield.is_full(value, pieces) else value

@@ -20,12 +20,14 @@ class Content(_message.Message):
     def __init__(self, size: _Optional[int] = ..., sha256: _Optional[bytes] = ..., piece_size: _Optional[int] = ..., root: _Optional[bytes] = ...) -> None: ...
 
 class Holding(_message.Message):
-    __slots__ = ("path", "content")
+    __slots__ = ("path", "content", "have")
     PATH_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    HAVE_FIELD_NUMBER: _ClassVar[int]
     path: str
     content: Content
-    def __init__(self, path: _Optional[str] = ..., content: _Optional[_Union[Content, _Mapping]] = ...) -> None: ...
+    have: bytes
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[_Union[Content, _Mapping]] = ..., have: _Optional[bytes] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("agent_id", "base_url")
@@ -82,7 +84,7 @@ class LocateRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class Source(_message.Message):
-    __slots__ = ("kind", "url", "pieces_url", "agent_id")
+    __slots__ = ("kind", "url", "pieces_url", "agent_id", "have")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Source.Kind]
@@ -95,11 +97,13 @@ class Source(_message.Message):
     URL_FIELD_NUMBER: _ClassVar[int]
     PIECES_URL_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HAVE_FIELD_NUMBER: _ClassVar[int]
     kind: Source.Kind
     url: str
     pieces_url: str
     agent_id: str
-    def __init__(self, kind: _Optional[_Union[Source.Kind, str]] = ..., url: _Optional[str] = ..., pieces_url: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    have: bytes
+    def __init__(self, kind: _Optional[_Union[Source.Kind, str]] = ..., url: _Optional[str] = ..., pieces_url: _Optional[str] = ..., agent_id: _Optional[str] = ..., have: _Optional[bytes] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("content", "name", "sources", "live_holders")
