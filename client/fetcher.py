@@ -351,7 +351,9 @@ class Fetcher:
             if src.validator:
                 headers["If-Range"] = src.validator
         try:
-            async with self.http.get(src.url, headers, agent=src.kind == "agent") as resp:
+            # Agents and swarm peers (partial holders) are both named by the tracker.
+            named_agent = src.kind in ("agent", "peer")
+            async with self.http.get(src.url, headers, agent=named_agent) as resp:
                 if resp.status == 200 and ranged:
                     if src.ranges_seen or (src.validator and validator_of(resp.headers)
                                            not in ("", src.validator)):

@@ -36,20 +36,32 @@ def http(method: str, url: str, body: bytes | None = None,
         return e.code, e.read(), dict(e.headers)
 
 
-def have_count(agent_url: str, sha: bytes) -> int:
-    status, body, _ = http("GET", f"{agent_url}/swarm/{sha.hex()}/have")
+def have_count(agent_url: str, sha: bytes, token: str | None = None) -> int:
+    status, body, _ = http("GET", f"{agent_url}/swarm/{sha.hex()}/have",
+                           headers={"Authorization": f"Bearer {token}"} if token else None)
     return bitfield.count(body) if status == 200 else -1
 
 
-def start_fetch(tracker: str, out, agent_url: str | None) -> subprocess.Popen[str]:
+def start_fetch(tracker: str, out, agent_url: str | None,
+                *extra: str) -> subprocess.Popen[str]:
     argv = [_procs.command("mfetch"), out.name, "--tracker", tracker, "-o", str(out), "--json",
-            "-v"]
+            "-v", *extra]
     if agent_url:
         argv += ["--agent", agent_url]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_second_fetcher_gets_pieces_from_the_first_ones_partial_download(procs, tmp_path):
+@pytest.mark.parametrize("with_token", [False, True], ids=["open", "http-token"])
+def test_second_fetcher_gets_pieces_from_the_first_ones_partial_download(procs, tmp_path,
+                                                                         with_token):
+    """With an HTTP token on every agent, the peers' data and bitfields need it (and
+    get it: mfetch sends its agent token to the agents the tracker names), while
+    registering with the local agent from loopback needs none."""
+    token = "swarm-token-0123456789abcdef" if with_token else None
+    token_file = tmp_path / "http.token"
+    token_file.write_text(f"{token}\n")
+    agent_extra = ["--http-token-file", str(token_file)] if token else []
+    fetch_extra = ["--agent-token-file", str(token_file)] if token else []
     tracker = procs.tracker(tmp_path)
     data = make_file(tmp_path / "origin" / "big.iso", 24 * MiB, seed=6)
     sha = hashlib.sha256(data).digest()
@@ -58,21 +70,23 @@ def test_second_fetcher_gets_pieces_from_the_first_ones_partial_download(procs, 
     try:
         procs.agent(tmp_path / "origin", tracker.address, tmp_path / "s0", "--listen",
                     f"127.0.0.1:{port}", "--advertise", f"http://127.0.0.1:{proxy.port}",
-                    *AGENT_FLAGS)
+                    *AGENT_FLAGS, *agent_extra)
         wait_holders(tracker.address, "big.iso", 1)
         agents = {}
         for name in "ab":
             (tmp_path / name).mkdir()
             agents[name] = procs.agent(tmp_path / name, tracker.address, tmp_path / f"s{name}",
-                                       *SWARM_FLAGS).address
-        fa = start_fetch(tracker.address, tmp_path / "a" / "big.iso", agents["a"])
+                                       *SWARM_FLAGS, *agent_extra).address
+        fa = start_fetch(tracker.address, tmp_path / "a" / "big.iso", agents["a"], *fetch_extra)
         deadline = time.monotonic() + 120
-        while have_count(agents["a"], sha) < 20 and time.monotonic() < deadline:
+        while have_count(agents["a"], sha, token) < 20 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert have_count(agents["a"], sha) >= 20, "A never shared its partial download"
+        assert have_count(agents["a"], sha, token) >= 20, "A never shared its partial download"
+        if token:
+            assert have_count(agents["a"], sha) == -1, "the bitfield was served without the token"
         # A's agent announced the partial holding to the tracker.
         wait_holders(tracker.address, "big.iso", 2)
-        fb = start_fetch(tracker.address, tmp_path / "b" / "big.iso", agents["b"])
+        fb = start_fetch(tracker.address, tmp_path / "b" / "big.iso", agents["b"], *fetch_extra)
         _, err_a = fa.communicate(timeout=240)
         out_b, err_b = fb.communicate(timeout=240)
         assert fa.returncode == 0, err_a
@@ -86,9 +100,10 @@ def test_second_fetcher_gets_pieces_from_the_first_ones_partial_download(procs, 
         assert from_origin < len(data), sb
         assert all(agents["b"] not in s["url"] for s in sb["sources"]), "B fetched from itself"
         # Both keep seeding as whole holders: the whole file from A's agent by content.
-        status, body, _ = http("GET", f"{agents['a']}/swarm/{sha.hex()}")
+        status, body, _ = http("GET", f"{agents['a']}/swarm/{sha.hex()}",
+                               headers={"Authorization": f"Bearer {token}"} if token else None)
         assert status == 200 and body == data
-        assert have_count(agents["b"], sha) == len(data) // (256 * 1024)
+        assert have_count(agents["b"], sha, token) == len(data) // (256 * 1024)
     finally:
         proxy.close()
 
