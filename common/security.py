@@ -82,7 +82,9 @@ def token_matches(presented: str | None, expected: tuple[str, ...]) -> bool:
     which role's token was close."""
     if presented is None:
         return False
-    got = presented.encode()
+    # A header may carry any bytes (aiohttp hands them over surrogate-escaped): such a
+    # token cannot match one of ours, which are visible ASCII, and must not raise.
+    got = presented.encode("utf-8", "surrogateescape")
     ok = False
     for token in expected:
         ok |= hmac.compare_digest(got, token.encode())

@@ -355,3 +355,17 @@ async def test_local_pages_need_no_token_from_loopback_only(remote, path, allowe
     else:
         with pytest.raises(web.HTTPUnauthorized):
             await check(request, handler)
+
+
+async def test_a_token_of_raw_bytes_is_refused_not_a_crash(protected_agent):
+    """A header that is not UTF-8 (aiohttp passes it on surrogate-escaped) gets 401 like
+    any wrong token, not a 500 and a traceback in the log."""
+    agent, _ = protected_agent
+    host, port = agent.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /files/f.bin HTTP/1.1\r\nHost: x\r\n"
+                 b"Authorization: Bearer \xff\xfeabc0123456789abcdef\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
