@@ -276,6 +276,11 @@ def test_start_up_warnings_name_what_is_open_beyond_loopback() -> None:
     assert "clear text" in w
     assert exposure_warnings("10.0.0.1:7700", True, Tokens(agent=AGENT_TOKEN,
                                                            admin=ADMIN_TOKEN)) == []
+    # The status page and metrics: loopback is fine, anywhere else is said out loud.
+    both = Tokens(agent=AGENT_TOKEN, admin=ADMIN_TOKEN, client=AGENT_TOKEN[::-1])
+    assert exposure_warnings("10.0.0.1:7700", True, both, "127.0.0.1:7780") == []
+    (w,) = exposure_warnings("127.0.0.1:7700", True, both, "0.0.0.0:7780")
+    assert "status page" in w and "client token" in w
 
 
 def test_token_file_may_start_with_a_tilde(tmp_path, monkeypatch) -> None:

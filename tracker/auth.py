@@ -121,16 +121,26 @@ def server_credentials(cert: str, key: str, client_ca: str | None) -> grpc.Serve
                                        require_client_auth=ca_pem is not None)
 
 
-def exposure_warnings(listen: str, tls: bool, tokens: Tokens) -> list[str]:
-    """What an operator should hear at start about a tracker reachable beyond loopback."""
-    host, _ = parse_hostport(listen, "listen address")
+def _loopback(address: str, what: str) -> bool:
+    host, _ = parse_hostport(address, what)
     try:
-        if ipaddress.ip_address(host or "0.0.0.0").is_loopback:
-            return []
+        return ipaddress.ip_address(host or "0.0.0.0").is_loopback
     except ValueError:
-        if host == "localhost":
-            return []
+        return host == "localhost"
+
+
+def exposure_warnings(listen: str, tls: bool, tokens: Tokens,
+                      http: str | None = None) -> list[str]:
+    """What an operator should hear at start about a tracker reachable beyond loopback
+    (its gRPC `listen` address, and its status page and metrics at `http`, if on)."""
     out = []
+    if http and not _loopback(http, "http address"):
+        out.append(f"the status page and /metrics at {http} need no token or certificate: "
+                   "anyone who reaches it sees every content, holder and agent address"
+                   + (" that Locate keeps behind the client token" if tokens.client else "")
+                   + "; keep it on loopback or a trusted network")
+    if _loopback(listen, "listen address"):
+        return out
     open_roles = [r for r in ("agent", "admin") if getattr(tokens, r) is None]
     if open_roles:
         out.append(f"no {' or '.join(open_roles)} token: anyone who reaches {listen} can "

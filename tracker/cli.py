@@ -150,7 +150,9 @@ async def _serve(args: argparse.Namespace) -> int:
         ("on, mutual (client certificates required)" if cfg.tls_client_ca else "on")
         if cfg.tls_cert else "off",
         ", ".join(r for r in ("agent", "admin", "client") if getattr(tokens, r)) or "nothing")
-    for warning in auth.exposure_warnings(cfg.listen, bool(cfg.tls_cert), tokens):
+    for warning in auth.exposure_warnings(
+            cfg.listen, bool(cfg.tls_cert), tokens,
+            cfg.http if tconfig.http_enabled(cfg) else None):
         logging.getLogger("tracker").warning("%s", warning)
     await stop.wait()
     logging.getLogger("tracker").info("stopping")
