@@ -16,8 +16,10 @@ from common.errors import ConfigError, SourceError
 
 
 async def hand_over(agent: str, targets: list[str], sha256: str | None,
-                    timeout: float = 10.0) -> dict[str, object]:
+                    timeout: float = 10.0, token: str | None = None) -> dict[str, object]:
     """POST the fetch to `agent`; returns the agent's view of it (with its "id").
+    `token`, the agents' HTTP token, goes with it (an agent with one wants it from
+    any client but loopback).
 
     Raises ConfigError for a bad agent URL or a fetch the agent refuses,
     SourceError when no agent answers.
@@ -27,7 +29,8 @@ async def hand_over(agent: str, targets: list[str], sha256: str | None,
     body = {"targets": targets, "sha256": sha256}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
-                s.post(f"{agent}/api/fetches", json=body) as r:
+                s.post(f"{agent}/api/fetches", json=body, headers=(
+                    {"Authorization": f"Bearer {token}"} if token else None)) as r:
             text = await r.text()
             try:
                 answer = json.loads(text)

@@ -238,15 +238,32 @@ async def background(args: argparse.Namespace, cfg: client_config.ClientConfig) 
     """--background: the agent at cfg.agent fetches; print its id and where to watch."""
     from client.background import hand_over
 
+    if cfg.agent == client_config.NO_AGENT:
+        raise ConfigError("--background needs an agent: --agent URL (the setting is 'off')")
     if args.output:
         raise ConfigError("--background saves into the agent's folder: drop -o")
     if metalink.is_metalink(args.targets[0]) and "://" not in args.targets[0]:
         raise ConfigError("--background takes a NAME or URLs, not a local metalink file")
     if args.sha256_file:
         raise ConfigError("--background takes --sha256, not --sha256-file")
+    # The agent fetches with its own settings (its tracker, limits and no credentials of
+    # ours): a flag it would not honour is an error, not a silent surprise.
+    ignored = [flag for flag, given in (
+        ("-H", args.header), ("-A", args.user_agent), ("-u", args.user),
+        ("--netrc", args.netrc or args.netrc_file), ("-b", args.cookie), ("-x", args.proxy),
+        ("--cacert", args.cacert), ("--tracker", args.tracker),
+        ("--limit-rate", args.limit_rate), ("--connections", args.connections),
+        ("--max-connections", args.max_connections_per_source),
+        ("--max-host-connections", args.max_connections_per_host),
+        ("--stall-timeout", args.stall_timeout), ("--force", args.force)) if given]
+    if ignored:
+        raise ConfigError(f"--background: the agent fetches with its own settings, so "
+                          f"{', '.join(ignored)} would be ignored; drop "
+                          f"{'it' if len(ignored) == 1 else 'them'}")
     if args.sha256:
         parse_sha256(args.sha256)
-    answer = await hand_over(cfg.agent, list(args.targets), args.sha256)
+    token = security.resolve_token(cfg.agent_token, cfg.agent_token_file, "agent_token")
+    answer = await hand_over(cfg.agent, list(args.targets), args.sha256, token=token)
     agent = cfg.agent.rstrip("/")
     if args.json:
         print(json.dumps({**answer, "agent": agent, "page": f"{agent}/fetches"}, indent=2))
@@ -304,7 +321,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         from client.progress import Progress
         progress = Progress(plan.name)
     swarm = None
-    if cfg.agent and not plan.stream:
+    if cfg.agent != client_config.NO_AGENT and not plan.stream:
         from client.swarm import SwarmLink
 
         swarm = SwarmLink(cfg.agent, plan, cfg.tracker, http,

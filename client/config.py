@@ -10,6 +10,7 @@ from common.config import build, env_layer, load_yaml
 from common.ratelimit import TokenBucket, parse_rate
 
 DEFAULT_AGENT = "http://127.0.0.1:7070"
+NO_AGENT = "off"  # agent: off: no swarming through a local agent, no --background
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class ClientConfig:
     max_connections_per_source: int = 6  # the most to one source (URL)
     max_connections_per_host: int = 6  # over every source on one host:port: no server hammered
     # This machine's agent: --background hands it fetches; a download by NAME inside its
-    # directory is shared through it (swarming). Nothing answering there: no swarming.
+    # directory is shared through it (swarming). Nothing answering there, or "off": no
+    # swarming.
     agent: str = DEFAULT_AGENT
     limit_rate: str = ""  # bytes/s over all connections, curl-style (500K, 2M); "" = no limit
     stall_timeout: float = 8.0  # seconds without a byte before a request is abandoned
@@ -78,8 +80,11 @@ def load(config_file: str | None, flags: dict[str, object]) -> ClientConfig:
         if getattr(cfg, name) < 1:
             from common.errors import ConfigError
             raise ConfigError(f"{name} must be at least 1")
-    if cfg.agent and not cfg.agent.startswith(("http://", "https://")):
+    if cfg.agent in ("", NO_AGENT):
+        import dataclasses
+        cfg = dataclasses.replace(cfg, agent=NO_AGENT)
+    elif not cfg.agent.startswith(("http://", "https://")):
         from common.errors import ConfigError
-        raise ConfigError(f"agent must be the local agent's URL, http://HOST:PORT, "
+        raise ConfigError(f"agent must be the local agent's URL, http://HOST:PORT, or off; "
                           f"got {cfg.agent!r}")
     return cfg

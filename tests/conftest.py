@@ -9,10 +9,13 @@ from tests import redis_server as _redis
 
 
 @pytest.fixture(autouse=True)
-def _tracker_http_on_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_fixed_ports_nor_local_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every `tracker serve` a test starts puts its status page on a free port, not on the
     default 7780 (two trackers in one test, or a tracker left on this machine, would clash)."""
     monkeypatch.setenv("TRACKER_HTTP", "127.0.0.1:0")
+    # Nor does any mfetch a test runs talk to whatever agent listens on this machine's
+    # default 127.0.0.1:7070: tests that swarm or hand over fetches name their agent.
+    monkeypatch.setenv("MFETCH_AGENT", "off")
 
 
 class Procs:

@@ -205,6 +205,11 @@ async def test_mfetch_background_hands_the_fetch_to_the_agent(agent: Agent) -> N
     r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
                                              agent.agent.url, "../x"])
     assert r.returncode == 1 and "refused the fetch: '../x' is not a plain file name" in r.stderr
+    # Flags the agent would not honour are refused here, not silently dropped.
+    r = await asyncio.to_thread(_procs.run, [mfetch, "--background", "--agent",
+                                             agent.agent.url, "-u", "me:pw", "--limit-rate",
+                                             "1M", src.url])
+    assert r.returncode == 1 and "-u, --limit-rate would be ignored" in r.stderr, r.stderr
 
 
 async def test_a_restarted_agent_lists_its_fetches_paused_and_resumes_them(tmp_path) -> None:
@@ -236,3 +241,31 @@ async def test_a_restarted_agent_lists_its_fetches_paused_and_resumes_them(tmp_p
         finally:
             await second.stop()
     assert (d / "file.bin").read_bytes() == DATA
+
+
+def test_mfetch_background_sends_the_agent_token_when_given(tmp_path) -> None:
+    """An agent with an HTTP token wants it from any client but loopback: --background
+    sends the agents' token (--agent-token-file) with the hand-over."""
+    from aiohttp import web
+
+    from tests import procs as _procs
+    from tests.servers import AppServer
+
+    seen: list[str | None] = []
+
+    async def fetches(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"id": "abc123", "state": "planning"}, status=201)
+
+    token = tmp_path / "http.token"
+    token.write_text("bg-token-0123456789abcdef\n")
+    server = AppServer(fetches)
+    try:
+        base = [_procs.command("mfetch"), "--background", "--agent", server.url,
+                "http://example.invalid/f.bin"]
+        assert _procs.run(base).returncode == 0
+        r = _procs.run([*base, "--agent-token-file", str(token)])
+        assert r.returncode == 0 and r.stdout.strip() == "abc123", r.stderr
+    finally:
+        server.close()
+    assert seen == [None, "Bearer bg-token-0123456789abcdef"]
