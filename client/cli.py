@@ -328,6 +328,10 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
                           link=security.link_from(cfg, "tracker_token"))
         # Quietly no swarming when nobody asked for it and no agent runs here.
         if await swarm.register(store, quiet=cfg.agent == client_config.DEFAULT_AGENT):
+            if not quiet:  # peers on the LAN will see it: say so
+                print(f"mfetch: sharing this download with other fetchers through the agent "
+                      f"at {cfg.agent} (swarming; --agent off to keep it to yourself)",
+                      file=sys.stderr)
             # Our own agent is not a source of what we are fetching.
             plan = dataclasses.replace(plan, sources=tuple(
                 s for s in plan.sources if not s.agent_id or s.agent_id != swarm.agent_id))

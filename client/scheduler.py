@@ -106,6 +106,9 @@ class SchedulerConfig:
     tail_duplicates: bool = True
     swarm_request_pieces: int = 4  # most pieces per request when swarming: news spreads sooner
     stripe_patience: float = 2.0  # no piece for this long: ask the origin outside our stripe
+    # Only partial holders left and a piece none of them has, for this long: fail
+    # (re-locating every second may still bring a holder in before that).
+    orphan_timeout: float = 60.0
 
 
 class RateMeter:
@@ -251,6 +254,7 @@ class Scheduler:
         self.avail = [0] * pieces  # how many live sources hold each piece
         self.swarm = rarest_first  # or a partial holder was ever known: rarest first
         self._counted: set[int] = set()  # sources whose pieces `avail` counts
+        self._orphan_since: float | None = None  # since when a piece has no live holder
         self.stripe: tuple[int, int] | None = None  # (rank, count) among the fetchers
         self._last_piece = clock()  # when the last piece was verified (stripe patience)
         self._started = False
@@ -511,7 +515,27 @@ class Scheduler:
                 f"source {s.id} {s.dropped}" for s in self.sources
             )
             out.append(Failed(self.failed))
+        elif not self.finished and self._orphaned(now):
+            missing = [p for p in range(self.pieces) if not self.done[p] and not self.avail[p]]
+            self.failed = (f"no live source has {len(missing)} of the pieces left (first: "
+                           f"{missing[0]}) for {self.cfg.orphan_timeout:g}s: only partial "
+                           "holders are left and none of them has those")
+            out.append(Failed(self.failed))
         return out
+
+    def _orphaned(self, now: float) -> bool:
+        """Whether some unfinished piece has had no live holder for orphan_timeout (only
+        partial holders left, none with it: it can only come from a source yet to join)."""
+        if any(not s.dropped and s.have is None for s in self.sources):
+            self._orphan_since = None  # a whole holder is live: every piece is available
+            return False
+        avail, done = self.avail, self.done
+        if all(done[p] or avail[p] for p in range(self.pieces)):
+            self._orphan_since = None
+            return False
+        if self._orphan_since is None:
+            self._orphan_since = now
+        return now - self._orphan_since >= self.cfg.orphan_timeout
 
     # ---- policy ---------------------------------------------------------
 

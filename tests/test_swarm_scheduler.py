@@ -145,3 +145,28 @@ def test_a_stuck_peer_does_not_hold_the_download_hostage() -> None:
                                          have=lambda t: flags(n, range(n)))], limit=120)
     assert r.finished, r.failed
     assert r.time < 30, r.time
+
+
+def test_pieces_no_live_source_holds_fail_the_download_after_a_while() -> None:
+    """The origin is gone and the peers left hold only some pieces: waiting for ever
+    would hang every fetcher; after orphan_timeout the download fails and says why. A
+    peer whose bitfield grows to cover the hole in time keeps it alive."""
+    n = 8
+    now = [0.0]
+    s = Scheduler(n, PIECE, n * PIECE, 2, clock=lambda: now[0],
+                  haves=[None, flags(n, range(6))])
+    s.start()
+    s._drop(0, "died")
+    timeout = s.cfg.orphan_timeout
+    assert not [a for a in s.handle(ev.Tick()) if isinstance(a, ev.Failed)]
+    now[0] = timeout / 2
+    assert not [a for a in s.handle(ev.Tick()) if isinstance(a, ev.Failed)]
+    s.set_have(1, flags(n, range(8)))  # the peer got the rest: nothing is orphaned now
+    now[0] = timeout * 2
+    assert not [a for a in s.handle(ev.Tick()) if isinstance(a, ev.Failed)]
+    s.set_have(1, flags(n, range(7)))  # (a bitfield only grows in life; here: a new hole)
+    now[0] = timeout * 2.5
+    assert not [a for a in s.handle(ev.Tick()) if isinstance(a, ev.Failed)]
+    now[0] = timeout * 3.5 + 1  # a whole orphan_timeout after the hole was first seen
+    (failed,) = [a for a in s.handle(ev.Tick()) if isinstance(a, ev.Failed)]
+    assert "no live source has 1 of the pieces left (first: 7)" in failed.reason
