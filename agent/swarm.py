@@ -25,6 +25,16 @@ Decisions, and why:
   DIR, the agent serves only what it would serve anyway once the file is whole.
   A registration for a path outside DIR is refused (403) and mfetch then fetches
   without swarming, saying why.
+- The names follow the /files/ rules (agent.inventory.is_shareable_name) on every
+  component below DIR: no hidden file or directory, nothing in the state dir. Only
+  a ``*.part`` file is registered (mfetch registers OUT.part), and "complete" must
+  name the very same file (device and inode: OUT.part renamed to OUT) under a
+  shareable name; anything else is refused (403). So a local caller cannot make the
+  agent serve ``.env`` or ``.git/config`` by claiming an identity for it.
+- Each piece is hashed against the piece list the first time it is served (the
+  result is kept per download): bytes that do not match the claimed identity are
+  never sent, and the piece is dropped from the bitfield. A caller can therefore
+  only have served what it already knew the hashes of.
 - The agent trusts the local mfetch's bitfield (it verified each piece against the
   piece list, which the agent checks against the root here). Peers verify every
   piece again, so a wrong claim costs a peer a retry elsewhere, never a bad byte.
@@ -43,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import logging
@@ -50,12 +61,12 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from agent.inventory import inside
+from agent.inventory import inside, is_shareable_name
 from common import agent_api, bitfield
 from common.errors import IntegrityError
 from common.http_ranges import content_range, parse_range
@@ -64,6 +75,7 @@ from common.identity import DIGEST_SIZE, Identity, piece_size_for
 log = logging.getLogger("agent.swarm")
 
 MAX_DOWNLOADS = 256  # registrations held at once: bounds memory whatever a local client does
+_HASH_CHUNK = 256 * 1024
 MAX_REGISTRATION = 4096 * DIGEST_SIZE * 2 + 64 * 1024  # JSON with a 4096-piece list in base64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -90,10 +102,22 @@ class Download:
     piece_list: bytes
     have: bytearray  # one byte per piece, 0/1
     complete: bool = False
+    checked: bytearray = field(default_factory=bytearray)  # pieces hashed here and found right
     dirty: bool = True  # not yet announced since the last change
     packed: bytes = b""  # bitfield.pack(have), kept for the peers that poll it
 
     def __post_init__(self) -> None:
+        self.packed = bitfield.pack(self.have)
+        if len(self.checked) != self.identity.pieces:
+            self.checked = bytearray(self.identity.pieces)
+
+    def set_have(self, have: bytearray) -> None:
+        """New verified pieces from mfetch; a piece it no longer vouches for (it is being
+        fetched again) must be hashed again before it is served."""
+        self.have = have
+        for i, h in enumerate(have):
+            if not h:
+                self.checked[i] = 0
         self.packed = bitfield.pack(self.have)
 
     @property
@@ -104,7 +128,7 @@ class Download:
         return b"" if self.complete else self.packed
 
     def holds(self, first: int, end: int) -> bool:
-        return self.complete or all(self.have[first:end])
+        return all(self.have[first:end])
 
 
 class Swarm:
@@ -146,7 +170,7 @@ class Swarm:
         if not name or "/" in name or name.startswith(".") or not name.isprintable() \
                 or len(name.encode()) > 200:
             raise SwarmRefused(400, f"bad name {name!r}")
-        real, file_id = self._check_path(path, size)
+        real, file_id = self._check_path(path, size, part=True)
         try:
             have = bitfield.unpack(have_wire, ident.pieces) if have_wire else \
                 bytearray(ident.pieces)
@@ -173,18 +197,20 @@ class Swarm:
             raise SwarmRefused(400, "expected a JSON object")
         if "complete" in doc:
             real, file_id = self._check_path(str(doc["complete"]), d.identity.size)
-            d.path, d.file_id, d.complete = real, file_id, True
-            d.have = bytearray(b"\x01" * d.identity.pieces)
+            if file_id != d.file_id:
+                raise SwarmRefused(403, "the completed file is not the one registered "
+                                        "(OUT.part must be renamed to OUT)")
+            d.path, d.complete = real, True
+            d.set_have(bytearray(b"\x01" * d.identity.pieces))
             log.info("swarm: %s complete; seeding it as a whole file", d.name)
         elif "have" in doc:
             try:
-                d.have = bitfield.unpack(base64.b64decode(str(doc["have"]), validate=True),
-                                         d.identity.pieces)
+                d.set_have(bitfield.unpack(base64.b64decode(str(doc["have"]), validate=True),
+                                           d.identity.pieces))
             except (ValueError, binascii.Error) as e:
                 raise SwarmRefused(400, f"have: {e}") from None
         else:
             raise SwarmRefused(400, "expected 'have' or 'complete'")
-        d.packed = bitfield.pack(d.have)
         self._changed(d)
         return d
 
@@ -200,11 +226,43 @@ class Swarm:
         d = self.downloads.get(sha)
         return (d.identity.piece_size, d.piece_list) if d else None
 
+    def check_pieces(self, d: Download, fd: int, first: int, end: int) -> list[int]:
+        """Hash the pieces in [first, end) of `fd` not yet checked (blocking); returns
+        those that do not match the piece list, now dropped from `d`'s bitfield."""
+        ps, size = d.identity.piece_size, d.identity.size
+        bad = []
+        for p in range(first, end):
+            if d.checked[p]:
+                continue
+            h = hashlib.sha256()
+            pos, stop = p * ps, min(size, (p + 1) * ps)
+            while pos < stop:
+                chunk = os.pread(fd, min(_HASH_CHUNK, stop - pos), pos)
+                if not chunk:
+                    break
+                h.update(chunk)
+                pos += len(chunk)
+            if pos == stop and h.digest() == d.piece_list[p * DIGEST_SIZE:(p + 1) * DIGEST_SIZE]:
+                d.checked[p] = 1
+            else:
+                bad.append(p)
+        if bad:
+            have = bytearray(d.have)
+            for p in bad:
+                have[p] = 0
+            d.complete = False
+            d.set_have(have)
+        return bad
+
     def snapshot(self) -> dict[str, tuple[Identity, bytes]]:
         """Every download as the tracker should know it: path -> (identity, bitfield)."""
         return {d.holding_path: (d.identity, d.wire_have()) for d in self.downloads.values()}
 
-    def _check_path(self, path: str, size: int) -> tuple[str, tuple[int, int]]:
+    def _check_path(self, path: str, size: int, *, part: bool = False
+                    ) -> tuple[str, tuple[int, int]]:
+        """The real path and (st_dev, st_ino) of a download's file; with `part`, it must
+        be a ``*.part`` file. Raises SwarmRefused unless /files/ would serve the name
+        (with ``.part`` taken off)."""
         if not os.path.isabs(path):
             raise SwarmRefused(400, f"path {path!r} is not absolute")
         real = os.path.realpath(path)
@@ -213,6 +271,14 @@ class Swarm:
         if not inside(real, self.root) or excluded:
             raise SwarmRefused(403, f"{path} is outside this agent's directory {self.root}: "
                                "save the download inside it to share it while it runs")
+        parts = os.path.relpath(real, self.root).split(os.sep)
+        if part:
+            if not parts[-1].endswith(".part"):
+                raise SwarmRefused(403, f"{path} is not a download in progress (OUT.part)")
+            parts[-1] = parts[-1][:-len(".part")]
+        if not all(is_shareable_name(p) for p in parts):
+            raise SwarmRefused(403, f"{path} is not a name this agent shares (hidden and "
+                                    "temporary names are never served)")
         try:
             st = os.stat(real)
         except OSError as e:
@@ -361,6 +427,14 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
                 status=416, headers=headers,
                 text=f"pieces not verified here yet: {_ranges(missing)} "
                      f"(ask /swarm/{sha.hex()}/have)\n")
+        bad = await loop.run_in_executor(None, swarm.check_pieces, d, fd, first, last)
+        if bad:
+            log.warning("swarm: %s: pieces %s do not match the registered piece list; "
+                        "no longer serving them", d.name, _ranges(bad))
+            swarm._changed(d)
+            headers["Content-Range"] = f"bytes */{size}"
+            return web.Response(status=416, headers=headers,
+                                text=f"pieces not verified here: {_ranges(bad)}\n")
         resp = web.StreamResponse(status=206 if span else 200, headers=headers)
         if span:
             resp.headers["Content-Range"] = content_range(start, end, size)

@@ -1,0 +1,150 @@
+"""Regression tests for the agent review's defects: swarm registration limits, the local
+APIs' cross-site guard, background fetch names and caps. Real agents on 127.0.0.1:0."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from agent.app import RunningAgent, start
+from agent.config import AgentConfig
+from common import agent_api
+from common.identity import Identity, piece_size_for, root_of
+
+PIECE = 256 * 1024
+
+
+@dataclass
+class Agent:
+    agent: RunningAgent
+    dir: str
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return self.agent.url
+
+    async def post(self, path: str, doc: object, **headers: str) -> tuple[int, dict]:
+        async with self.http.post(self.url + path, json=doc, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def get(self, path: str, **headers: str) -> tuple[int, bytes]:
+        async with self.http.get(self.url + path, headers=headers) as r:
+            return r.status, await r.read()
+
+
+async def _start(tmp_path, **cfg: object) -> RunningAgent:
+    d = tmp_path / "share"
+    d.mkdir(exist_ok=True)
+    config = AgentConfig(dir=str(d), listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
+                         settle_seconds=0, rescan_seconds=0.2, hash_workers=1,
+                         **cfg)  # type: ignore[arg-type]
+    return await start(config, report=False)
+
+
+@pytest.fixture
+async def agent(tmp_path) -> AsyncIterator[Agent]:
+    a = await _start(tmp_path)
+    async with aiohttp.ClientSession() as http:
+        yield Agent(a, str(tmp_path / "share"), http)
+    await a.stop()
+
+
+def identity_of(data: bytes) -> tuple[Identity, bytes]:
+    ps = piece_size_for(len(data))
+    pieces = b"".join(hashlib.sha256(data[i:i + ps]).digest()
+                      for i in range(0, len(data), ps)) or hashlib.sha256(b"").digest()
+    return Identity(len(data), hashlib.sha256(data).digest(), ps, root_of(ps, pieces)), pieces
+
+
+def registration(data: bytes, path: str, name: str = "thing.bin", have: bytes | None = None
+                 ) -> dict:
+    ident, pieces = identity_of(data)
+    doc = {"sha256": ident.sha256.hex(), "size": ident.size, "piece_size": ident.piece_size,
+           "root": ident.root.hex(), "pieces": base64.b64encode(pieces).decode(),
+           "name": name, "path": path}
+    if have is not None:
+        doc["have"] = base64.b64encode(have).decode()
+    return doc
+
+
+# ---- 1. /local/swarm serves only downloads in progress under shareable names ----------
+
+async def test_swarm_registration_refuses_hidden_and_non_part_files(agent: Agent) -> None:
+    secret = b"API_KEY=hunter2\n" * 100
+    d = agent.dir
+    with open(os.path.join(d, ".env"), "wb") as f:
+        f.write(secret)
+    os.makedirs(os.path.join(d, ".git"))
+    with open(os.path.join(d, ".git", "config"), "wb") as f:
+        f.write(secret)
+    with open(os.path.join(d, ".git", "x.part"), "wb") as f:
+        f.write(secret)
+    with open(os.path.join(d, "notes.txt"), "wb") as f:
+        f.write(secret)
+    with open(os.path.join(d, ".hidden.part"), "wb") as f:
+        f.write(secret)
+    for rel in (".env", ".git/config", ".git/x.part", "notes.txt", ".hidden.part"):
+        status, answer = await agent.post(agent_api.LOCAL_SWARM,
+                                          registration(secret, os.path.join(d, rel)))
+        assert status == 403, (rel, answer)
+    assert not agent.agent.swarm.downloads
+    sha = hashlib.sha256(secret).hexdigest()
+    status, _ = await agent.get(f"/swarm/{sha}")
+    assert status == 404
+
+
+async def test_swarm_complete_must_name_the_registered_file(agent: Agent) -> None:
+    data = os.urandom(3 * PIECE)
+    part = os.path.join(agent.dir, "thing.bin.part")
+    with open(part, "wb") as f:
+        f.write(data)
+    with open(os.path.join(agent.dir, ".env"), "wb") as f:
+        f.write(bytes(len(data)))
+    with open(os.path.join(agent.dir, "other.bin"), "wb") as f:
+        f.write(bytes(len(data)))
+    status, answer = await agent.post(agent_api.LOCAL_SWARM, registration(data, part))
+    assert status == 200, answer
+    sha = hashlib.sha256(data).hexdigest()
+    for other in (".env", "other.bin"):
+        status, answer = await agent.post(f"{agent_api.LOCAL_SWARM}/{sha}",
+                                          {"complete": os.path.join(agent.dir, other)})
+        assert status == 403, (other, answer)
+    # The same file under a hidden name is refused too.
+    os.rename(part, os.path.join(agent.dir, ".thing.bin"))
+    status, answer = await agent.post(f"{agent_api.LOCAL_SWARM}/{sha}",
+                                      {"complete": os.path.join(agent.dir, ".thing.bin")})
+    assert status == 403, answer
+    os.rename(os.path.join(agent.dir, ".thing.bin"), os.path.join(agent.dir, "thing.bin"))
+    status, answer = await agent.post(f"{agent_api.LOCAL_SWARM}/{sha}",
+                                      {"complete": os.path.join(agent.dir, "thing.bin")})
+    assert status == 200, answer
+    status, body = await agent.get(f"/swarm/{sha}")
+    assert status == 200 and body == data
+
+
+async def test_swarm_never_serves_bytes_that_do_not_match_the_piece_list(agent: Agent) -> None:
+    secret = os.urandom(3 * PIECE)
+    claimed = os.urandom(3 * PIECE)  # an identity the caller made up for the file
+    part = os.path.join(agent.dir, "thing.bin.part")
+    with open(part, "wb") as f:
+        f.write(secret)
+    status, answer = await agent.post(agent_api.LOCAL_SWARM,
+                                      registration(claimed, part, have=b"\xe0"))
+    assert status == 200, answer
+    sha = hashlib.sha256(claimed).hexdigest()
+    status, body = await agent.get(f"/swarm/{sha}", Range=f"bytes=0-{PIECE - 1}")
+    assert status == 416 and secret[:100] not in body
+    status, bits = await agent.get(f"/swarm/{sha}/have")
+    assert status == 200 and bits == b"\x60"  # piece 0 no longer claimed
+    # Pieces that do match are served (checked once).
+    with open(part, "r+b") as f:
+        f.seek(PIECE)
+        f.write(claimed[PIECE:])
+    status, body = await agent.get(f"/swarm/{sha}", Range=f"bytes={PIECE}-{3 * PIECE - 1}")
+    assert status == 206 and body == claimed[PIECE:]
