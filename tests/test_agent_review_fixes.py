@@ -148,3 +148,49 @@ async def test_swarm_never_serves_bytes_that_do_not_match_the_piece_list(agent: 
         f.write(claimed[PIECE:])
     status, body = await agent.get(f"/swarm/{sha}", Range=f"bytes={PIECE}-{3 * PIECE - 1}")
     assert status == 206 and body == claimed[PIECE:]
+
+
+# ---- 2. the local pages and APIs refuse cross-site and DNS-rebound requests ------------
+
+async def test_local_apis_refuse_foreign_hosts_origins_and_non_json_posts(agent: Agent) -> None:
+    import socket
+
+    data = os.urandom(2 * PIECE)
+    part = os.path.join(agent.dir, "thing.bin.part")
+    with open(part, "wb") as f:
+        f.write(data)
+    doc = registration(data, part)
+    port = agent.agent.port
+    import json as _json
+    # A no-cors fetch from a web page: text/plain (or a form type), the page's Origin.
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": ctype} if ctype else {}
+        async with agent.http.post(agent.url + agent_api.LOCAL_SWARM,
+                                   data=_json.dumps(doc).encode(),
+                                   headers=headers, skip_auto_headers=["Content-Type"]) as r:
+            assert r.status == 415, (ctype, await r.text())
+    status, answer = await agent.post(agent_api.LOCAL_SWARM, doc, Origin="http://evil.example")
+    assert status == 403 and "cross-site" in answer["error"]
+    status, answer = await agent.post(agent_api.LOCAL_SWARM, doc,
+                                      Host=f"rebound.example:{port}")
+    assert status == 403 and "Host" in answer["error"]
+    assert not agent.agent.swarm.downloads
+    sha = hashlib.sha256(data).hexdigest()
+    status, answer = await agent.post(agent_api.LOCAL_SWARM, doc)  # mfetch's own request
+    assert status == 200, answer
+    async with agent.http.delete(f"{agent.url}{agent_api.LOCAL_SWARM}/{sha}",
+                                 headers={"Origin": "http://evil.example"}) as r:
+        assert r.status == 403
+    assert agent.agent.swarm.downloads
+    # DNS rebinding: a page at rebound.example, now resolving to 127.0.0.1, reads nothing.
+    for path in ("/status", "/api/status", "/metrics", "/fetches", "/api/fetches"):
+        status, body = await agent.get(path, Host=f"rebound.example:{port}")
+        assert status == 403, (path, body[:200])
+        # By IP address (Prometheus scrapes so), localhost or this machine's name: served.
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"{socket.gethostname()}:{port}",
+                     "127.0.0.1"):
+            status, body = await agent.get(path, Host=host)
+            assert status == 200, (path, host, body[:200])
+    # The data side is not affected.
+    status, body = await agent.get("/healthz", Host="anything.example")
+    assert status == 200
