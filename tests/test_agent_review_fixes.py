@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import pathlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -78,17 +79,12 @@ def registration(data: bytes, path: str, name: str = "thing.bin", have: bytes | 
 async def test_swarm_registration_refuses_hidden_and_non_part_files(agent: Agent) -> None:
     secret = b"API_KEY=hunter2\n" * 100
     d = agent.dir
-    with open(os.path.join(d, ".env"), "wb") as f:
-        f.write(secret)
+    pathlib.Path(os.path.join(d, ".env")).write_bytes(secret)
     os.makedirs(os.path.join(d, ".git"))
-    with open(os.path.join(d, ".git", "config"), "wb") as f:
-        f.write(secret)
-    with open(os.path.join(d, ".git", "x.part"), "wb") as f:
-        f.write(secret)
-    with open(os.path.join(d, "notes.txt"), "wb") as f:
-        f.write(secret)
-    with open(os.path.join(d, ".hidden.part"), "wb") as f:
-        f.write(secret)
+    pathlib.Path(os.path.join(d, ".git", "config")).write_bytes(secret)
+    pathlib.Path(os.path.join(d, ".git", "x.part")).write_bytes(secret)
+    pathlib.Path(os.path.join(d, "notes.txt")).write_bytes(secret)
+    pathlib.Path(os.path.join(d, ".hidden.part")).write_bytes(secret)
     for rel in (".env", ".git/config", ".git/x.part", "notes.txt", ".hidden.part"):
         status, answer = await agent.post(agent_api.LOCAL_SWARM,
                                           registration(secret, os.path.join(d, rel)))
@@ -102,12 +98,9 @@ async def test_swarm_registration_refuses_hidden_and_non_part_files(agent: Agent
 async def test_swarm_complete_must_name_the_registered_file(agent: Agent) -> None:
     data = os.urandom(3 * PIECE)
     part = os.path.join(agent.dir, "thing.bin.part")
-    with open(part, "wb") as f:
-        f.write(data)
-    with open(os.path.join(agent.dir, ".env"), "wb") as f:
-        f.write(bytes(len(data)))
-    with open(os.path.join(agent.dir, "other.bin"), "wb") as f:
-        f.write(bytes(len(data)))
+    pathlib.Path(part).write_bytes(data)
+    pathlib.Path(os.path.join(agent.dir, ".env")).write_bytes(bytes(len(data)))
+    pathlib.Path(os.path.join(agent.dir, "other.bin")).write_bytes(bytes(len(data)))
     status, answer = await agent.post(agent_api.LOCAL_SWARM, registration(data, part))
     assert status == 200, answer
     sha = hashlib.sha256(data).hexdigest()
@@ -132,8 +125,7 @@ async def test_swarm_never_serves_bytes_that_do_not_match_the_piece_list(agent: 
     secret = os.urandom(3 * PIECE)
     claimed = os.urandom(3 * PIECE)  # an identity the caller made up for the file
     part = os.path.join(agent.dir, "thing.bin.part")
-    with open(part, "wb") as f:
-        f.write(secret)
+    pathlib.Path(part).write_bytes(secret)
     status, answer = await agent.post(agent_api.LOCAL_SWARM,
                                       registration(claimed, part, have=b"\xe0"))
     assert status == 200, answer
@@ -143,9 +135,7 @@ async def test_swarm_never_serves_bytes_that_do_not_match_the_piece_list(agent: 
     status, bits = await agent.get(f"/swarm/{sha}/have")
     assert status == 200 and bits == b"\x60"  # piece 0 no longer claimed
     # Pieces that do match are served (checked once).
-    with open(part, "r+b") as f:
-        f.seek(PIECE)
-        f.write(claimed[PIECE:])
+    pathlib.Path(part).write_bytes(secret[:PIECE] + claimed[PIECE:])  # same inode
     status, body = await agent.get(f"/swarm/{sha}", Range=f"bytes={PIECE}-{3 * PIECE - 1}")
     assert status == 206 and body == claimed[PIECE:]
 
@@ -157,8 +147,7 @@ async def test_local_apis_refuse_foreign_hosts_origins_and_non_json_posts(agent:
 
     data = os.urandom(2 * PIECE)
     part = os.path.join(agent.dir, "thing.bin.part")
-    with open(part, "wb") as f:
-        f.write(data)
+    pathlib.Path(part).write_bytes(data)
     doc = registration(data, part)
     port = agent.agent.port
     import json as _json
