@@ -139,12 +139,14 @@ class Downloads:
     # ---- operations ---------------------------------------------------------
 
     def start(self, targets: list[str], sha256: str | None = None) -> Download:
-        """Check and start a fetch; raises ConfigError for bad input."""
+        """Check and start a fetch; raises ConfigError for bad input, Conflict if a fetch
+        not ended has that name."""
         checked = check_targets(targets)
         digest = parse_sha256(sha256) if sha256 else None
         d = Download(uuid.uuid4().hex[:12], checked, digest)
         if "://" not in checked[0]:
             d.name = checked[0]
+            self._check_name(d, d.name)
         self.items[d.id] = d
         self._forget_old()
         self._launch(d)
@@ -169,6 +171,8 @@ class Downloads:
         d = self.get(fid)
         if d.state not in (State.PAUSED, State.FAILED):
             raise Conflict(f"fetch {fid} is {d.state}: only a paused or failed fetch resumes")
+        if d.name:
+            self._check_name(d, d.name)
         d.error = ""
         self._launch(d)
         return d
@@ -179,12 +183,29 @@ class Downloads:
             raise Conflict(f"fetch {fid} is {d.state} already")
         await self._stop(d)
         d.state = State.CANCELLED
-        if d.name and d.owns_part:
+        # Only our own partial files, and never while another fetch has this name.
+        if d.name and d.owns_part and self._holder(d.name, d) is None:
+            d.owns_part = False
             for suffix in (".part", ".mfetch"):
                 with contextlib.suppress(OSError):
                     (self.dir / (d.name + suffix)).unlink()
         self._save()
         return d
+
+    def _holder(self, name: str, besides: Download) -> Download | None:
+        """Another fetch that has `name` for its output and is not over with it: planning,
+        running, paused, or failed with its partial files kept."""
+        for o in self.items.values():
+            if o is not besides and o.name == name and (
+                    o.state not in ENDED or (o.state == State.FAILED and o.owns_part)):
+                return o
+        return None
+
+    def _check_name(self, d: Download, name: str) -> None:
+        other = self._holder(name, d)
+        if other is not None:
+            raise Conflict(f"fetch {other.id} ({other.state}) is already fetching {name}: "
+                           "resume or cancel it instead")
 
     async def close(self) -> None:
         """Stop every fetch, keeping partial files (as a pause)."""
@@ -275,7 +296,9 @@ class Downloads:
 
                 async with TrackerClient(self.tracker, link=self.link) as tracker:
                     plan = await plan_from_tracker(http, tracker, d.targets[0], d.sha256)
-            d.plan, d.name = plan, plan.name
+            d.name = plan.name
+            self._check_name(d, plan.name)  # NAME.part is another fetch's: never touch it
+            d.plan = plan
             d.size = None if plan.stream else plan.size
             out = self.dir / plan.name
             if out.exists():

@@ -11,7 +11,9 @@
     POST /api/fetches/{id}/resume       -> FETCH (409 unless paused or failed)
     POST /api/fetches/{id}/cancel       -> FETCH; its partial files are deleted
 
-Errors are {"error": "one line"} with 400, 403, 404, 409 or 415.
+Errors are {"error": "one line"} with 400, 403, 404, 409 or 415: 409 also
+when a fetch not ended (or failed with its partial files) already has that output
+name.
 
 Who may use it: this makes the agent download any URL into its shared
 folder, so only clients in ``fetch_allow`` (default loopback only) get the

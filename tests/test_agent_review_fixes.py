@@ -183,3 +183,65 @@ async def test_local_apis_refuse_foreign_hosts_origins_and_non_json_posts(agent:
     # The data side is not affected.
     status, body = await agent.get("/healthz", Host="anything.example")
     assert status == 200
+
+
+# ---- 3. background fetches of one name never share NAME.part ---------------------------
+
+async def _until(agent: Agent, fid: str, check, what: str, timeout: float = 60.0) -> dict:
+    import asyncio
+    import time
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        async with agent.http.get(f"{agent.url}/api/fetches/{fid}") as r:
+            last = await r.json()
+        if check(last):
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fetch never {what}: {last}")
+
+
+async def test_a_second_fetch_of_a_name_in_use_is_refused_and_cancel_keeps_the_others_files(
+        agent: Agent) -> None:
+    from tests.faulty import FaultyServer
+
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    part = os.path.join(agent.dir, "file.bin.part")
+    with FaultyServer(data, trickle=400_000) as src:
+        status, a = await agent.post("/api/fetches", {"targets": [src.url]})
+        assert status == 201, a
+        await _until(agent, a["id"], lambda f: f["bytes"] >= 512 * 1024, "got two pieces")
+        status, paused = await agent.post(f"/api/fetches/{a['id']}/pause", {})
+        assert status == 200 and paused["state"] == "paused"
+        verified = pathlib.Path(part[:-5] + ".mfetch").read_bytes()
+        # The same URL again: its name is known only once planned; it fails there.
+        status, b = await agent.post("/api/fetches", {"targets": [src.url]})
+        assert status == 201, b
+        b = await _until(agent, b["id"], lambda f: f["state"] == "failed", "failed")
+        assert f"fetch {a['id']} (paused) is already fetching file.bin" in b["error"]
+        assert pathlib.Path(part[:-5] + ".mfetch").read_bytes() == verified  # untouched
+        status, _ = await agent.post(f"/api/fetches/{b['id']}/resume", {})
+        assert status == 409
+        status, cancelled = await agent.post(f"/api/fetches/{b['id']}/cancel", {})
+        assert status == 200 and cancelled["state"] == "cancelled"
+        assert os.path.exists(part) and os.path.exists(part[:-5] + ".mfetch")
+        # A resumes from its own pieces and finishes.
+        status, _ = await agent.post(f"/api/fetches/{a['id']}/resume", {})
+        assert status == 200
+        await _until(agent, a["id"], lambda f: f["state"] == "done", "finished")
+    assert pathlib.Path(agent.dir, "file.bin").read_bytes() == data
+
+
+async def test_a_name_held_by_a_paused_fetch_is_refused_at_start(agent: Agent) -> None:
+    from agent.downloads import Download, State
+
+    downloads = agent.agent.downloads
+    assert downloads is not None
+    held = Download("aaaaaaaaaaaa", ("x.iso",), None, name="x.iso", state=State.PAUSED,
+                    owns_part=True)
+    downloads.items[held.id] = held
+    status, answer = await agent.post("/api/fetches", {"targets": ["x.iso"]})
+    assert status == 409 and "aaaaaaaaaaaa" in answer["error"], answer
+    held.state = State.FAILED  # failed, its partial files kept: still its name
+    status, answer = await agent.post("/api/fetches", {"targets": ["x.iso"]})
+    assert status == 409, answer
