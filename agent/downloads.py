@@ -45,6 +45,7 @@ from common.security import TrackerLink
 log = logging.getLogger("agent")
 
 MAX_KEPT = 100  # finished, failed or cancelled fetches remembered for the page
+MAX_OPEN = 32  # fetches not ended (planning, running, paused) at once
 MAX_TARGETS = 32
 MAX_TARGET_LEN = 4096
 
@@ -68,6 +69,10 @@ class NotFound(MfetchError):
 
 class Conflict(MfetchError):
     """The fetch is not in a state that allows the operation."""
+
+
+class TooMany(MfetchError):
+    """MAX_OPEN fetches are not ended yet: finish or cancel one first."""
 
 
 @dataclass(eq=False)
@@ -140,13 +145,14 @@ class Downloads:
 
     def start(self, targets: list[str], sha256: str | None = None) -> Download:
         """Check and start a fetch; raises ConfigError for bad input, Conflict if a fetch
-        not ended has that name."""
+        not ended has that name, TooMany beyond MAX_OPEN fetches not ended."""
         checked = check_targets(targets)
         digest = parse_sha256(sha256) if sha256 else None
         d = Download(uuid.uuid4().hex[:12], checked, digest)
         if "://" not in checked[0]:
             d.name = checked[0]
             self._check_name(d, d.name)
+        self._check_open()
         self.items[d.id] = d
         self._forget_old()
         self._launch(d)
@@ -173,6 +179,8 @@ class Downloads:
             raise Conflict(f"fetch {fid} is {d.state}: only a paused or failed fetch resumes")
         if d.name:
             self._check_name(d, d.name)
+        if d.state in ENDED:
+            self._check_open()
         d.error = ""
         self._launch(d)
         return d
@@ -206,6 +214,11 @@ class Downloads:
         if other is not None:
             raise Conflict(f"fetch {other.id} ({other.state}) is already fetching {name}: "
                            "resume or cancel it instead")
+
+    def _check_open(self) -> None:
+        if sum(1 for o in self.items.values() if o.state not in ENDED) >= MAX_OPEN:
+            raise TooMany(f"{MAX_OPEN} fetches are running or paused already: "
+                          "let one finish or cancel one first")
 
     async def close(self) -> None:
         """Stop every fetch, keeping partial files (as a pause)."""

@@ -11,9 +11,9 @@
     POST /api/fetches/{id}/resume       -> FETCH (409 unless paused or failed)
     POST /api/fetches/{id}/cancel       -> FETCH; its partial files are deleted
 
-Errors are {"error": "one line"} with 400, 403, 404, 409 or 415: 409 also
+Errors are {"error": "one line"} with 400, 403, 404, 409, 415 or 429: 409 also
 when a fetch not ended (or failed with its partial files) already has that output
-name.
+name, 429 beyond downloads.MAX_OPEN fetches running or paused.
 
 Who may use it: this makes the agent download any URL into its shared
 folder, so only clients in ``fetch_allow`` (default loopback only) get the
@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from agent import http_auth
-from agent.downloads import Conflict, Downloads, NotFound
+from agent.downloads import Conflict, Downloads, NotFound, TooMany
 from common.errors import ConfigError, MfetchError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -99,6 +99,8 @@ def _guard(handler: Handler) -> Handler:
             return _error(404, str(e))
         except Conflict as e:
             return _error(409, str(e))
+        except TooMany as e:
+            return _error(429, str(e))
         except MfetchError as e:
             return _error(400, str(e))
     return guarded

@@ -245,3 +245,25 @@ async def test_a_name_held_by_a_paused_fetch_is_refused_at_start(agent: Agent) -
     held.state = State.FAILED  # failed, its partial files kept: still its name
     status, answer = await agent.post("/api/fetches", {"targets": ["x.iso"]})
     assert status == 409, answer
+
+
+# ---- 8. the number of fetches not ended is bounded --------------------------------------
+
+async def test_fetches_not_ended_are_capped_with_429(agent: Agent) -> None:
+    from agent.downloads import MAX_OPEN, Download, State
+
+    downloads = agent.agent.downloads
+    assert downloads is not None
+    for i in range(MAX_OPEN):
+        d = Download(f"p{i:011d}", (f"n{i}.iso",), None, name=f"n{i}.iso", state=State.PAUSED)
+        downloads.items[d.id] = d
+    failed = Download("f00000000000", ("gone.iso",), None, name="gone.iso", state=State.FAILED)
+    downloads.items[failed.id] = failed
+    status, answer = await agent.post("/api/fetches", {"targets": ["http://127.0.0.1:9/x.iso"]})
+    assert status == 429 and f"{MAX_OPEN} fetches" in answer["error"], answer
+    status, answer = await agent.post(f"/api/fetches/{failed.id}/resume", {})
+    assert status == 429, answer
+    status, _ = await agent.post("/api/fetches/p00000000000/cancel", {})
+    assert status == 200
+    status, answer = await agent.post("/api/fetches", {"targets": ["http://127.0.0.1:9/x.iso"]})
+    assert status == 201, answer
