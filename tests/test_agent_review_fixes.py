@@ -267,3 +267,30 @@ async def test_fetches_not_ended_are_capped_with_429(agent: Agent) -> None:
     assert status == 200
     status, answer = await agent.post("/api/fetches", {"targets": ["http://127.0.0.1:9/x.iso"]})
     assert status == 201, answer
+
+
+# ---- 4. the per-client connection cap covers /swarm/ -----------------------------------
+
+async def test_agent_refuses_one_swarm_request_too_many_from_a_client(tmp_path) -> None:
+    import asyncio
+
+    a = await _start(tmp_path, upload_rate="256K", max_client_connections=2)
+    try:
+        async with aiohttp.ClientSession() as http:
+            agent = Agent(a, str(tmp_path / "share"), http)
+            data = os.urandom(8 * PIECE)
+            part = os.path.join(agent.dir, "big.bin.part")
+            await asyncio.to_thread(pathlib.Path(part).write_bytes, data)
+            status, answer = await agent.post(agent_api.LOCAL_SWARM,
+                                              registration(data, part, have=b"\xff"))
+            assert status == 200, answer
+            url = f"{agent.url}/swarm/{hashlib.sha256(data).hexdigest()}"
+            rng = {"Range": f"bytes=0-{len(data) - 1}"}
+            slow = [await http.get(url, headers=rng) for _ in range(2)]  # both throttled
+            assert [r.status for r in slow] == [206, 206]
+            async with http.get(url, headers=rng) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "1"
+            for resp in slow:
+                resp.close()
+    finally:
+        await a.stop()
