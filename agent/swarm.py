@@ -156,7 +156,7 @@ class Swarm:
             piece_list = base64.b64decode(str(doc["pieces"]), validate=True)
             name, path = str(doc["name"]), str(doc["path"])
             have_wire = base64.b64decode(str(doc.get("have", "")), validate=True)
-        except (KeyError, ValueError, TypeError, binascii.Error) as e:
+        except (KeyError, ValueError, TypeError, OverflowError, binascii.Error) as e:
             raise SwarmRefused(400, f"bad registration: {e}") from None
         if len(sha) != DIGEST_SIZE or len(root) != DIGEST_SIZE or size < 0:
             raise SwarmRefused(400, "bad registration: sha256 and root are 32 bytes, size >= 0")
@@ -265,7 +265,12 @@ class Swarm:
         (with ``.part`` taken off)."""
         if not os.path.isabs(path):
             raise SwarmRefused(400, f"path {path!r} is not absolute")
-        real = os.path.realpath(path)
+        if "\0" in path or not path.isprintable():
+            raise SwarmRefused(400, f"bad path {path!r}")
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError) as e:  # e.g. not encodable for the filesystem
+            raise SwarmRefused(400, f"bad path {path!r}: {e}") from None
         excluded = bool(self._exclude) and (real == self._exclude
                                             or inside(real, self._exclude or ""))
         if not inside(real, self.root) or excluded:
@@ -281,8 +286,8 @@ class Swarm:
                                     "temporary names are never served)")
         try:
             st = os.stat(real)
-        except OSError as e:
-            raise SwarmRefused(400, f"cannot stat {path}: {e.strerror}") from None
+        except (OSError, ValueError) as e:
+            raise SwarmRefused(400, f"cannot stat {path!r}: {getattr(e, 'strerror', e)}") from None
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             raise SwarmRefused(400, f"{path} is not a regular file of {size} bytes")
         return real, (st.st_dev, st.st_ino)
@@ -352,7 +357,7 @@ async def _json(request: web.Request) -> Any:
         raise web.HTTPForbidden(text="the swarm registration API answers loopback only\n")
     try:
         return json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(text="expected JSON\n") from None
 
 

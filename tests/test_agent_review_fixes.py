@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import pathlib
 from collections.abc import AsyncIterator
@@ -294,3 +295,36 @@ async def test_agent_refuses_one_swarm_request_too_many_from_a_client(tmp_path) 
                 resp.close()
     finally:
         await a.stop()
+
+
+# ---- 6. absurd numbers and paths are a 400 with one line, never a 500 -----------------
+
+async def test_swarm_api_answers_absurd_input_with_400(agent: Agent) -> None:
+    data = os.urandom(2 * PIECE)
+    part = os.path.join(agent.dir, "thing.bin.part")
+    await asyncio_to_thread(pathlib.Path(part).write_bytes, data)
+    doc = registration(data, part)
+    raw = json.dumps({**doc, "size": 0}).replace('"size": 0', '"size": 1e400').encode()
+    async with agent.http.post(agent.url + agent_api.LOCAL_SWARM, data=raw,
+                               headers={"Content-Type": "application/json"}) as r:
+        text = await r.text()
+        assert r.status == 400 and "Traceback" not in text, text
+        assert len(text.strip().splitlines()) == 1
+    status, answer = await agent.post(agent_api.LOCAL_SWARM, doc)
+    assert status == 200, answer
+    sha = hashlib.sha256(data).hexdigest()
+    for bad in ("/x\u0000y", agent.dir + "/a\udc80b", "/" + "\u2028"):
+        async with agent.http.post(f"{agent.url}{agent_api.LOCAL_SWARM}/{sha}",
+                                   data=json.dumps({"complete": bad}).encode(),
+                                   headers={"Content-Type": "application/json"}) as r:
+            text = await r.text()
+            assert r.status == 400 and "Traceback" not in text, (bad, text)
+            assert len(text.strip().splitlines()) == 1
+    async with agent.http.post(agent.url + agent_api.LOCAL_SWARM, data=b"[" * 200_000,
+                               headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 400
+
+
+async def asyncio_to_thread(fn, *args):
+    import asyncio
+    return await asyncio.to_thread(fn, *args)
