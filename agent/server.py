@@ -279,6 +279,8 @@ def make_app(inventory: Inventory, token: str | None = None, *, limits: Limits |
                           client_max_size=swarm_mod.MAX_REGISTRATION if swarm else 1024**2)
     if swarm is not None:
         swarm_mod.add_routes(app, swarm)
+        # A completed download is dropped once DIR's scan holds its content (agent/swarm.py).
+        swarm.held = lambda sha: inventory.pieces_for(sha) is not None
     app[_INVENTORY] = inventory
     app[_LIMITS] = limits
     status.add_routes(app, observer, public=status_public)

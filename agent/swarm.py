@@ -42,8 +42,12 @@ Decisions, and why:
   the download gone (404) if the path now names another file (a restart that
   discarded the partial bytes), so stale bytes are never served as verified.
 - After "complete" the file is announced as a whole holding and served by content
-  from its final path until the agent stops; the next scan of DIR picks it up as an
-  ordinary file too (the tracker gives one source per agent, preferring the file).
+  from its final path until the next scan of DIR holds that content as an ordinary
+  file (`held`), or the file is gone (deleted, moved, replaced): the registration
+  is then dropped and withdrawn from the tracker (checked every PRUNE_SECONDS and
+  whenever a request cannot open it). Only downloads in progress count against
+  MAX_DOWNLOADS; at most MAX_DOWNLOADS completed ones are kept besides (oldest
+  dropped first).
 - Bitfield announcements to the tracker are rate-limited: each download is sent at
   most once per ``announce_seconds`` (the latest bitfield replaces the previous
   one at the tracker). Peers that need fresher news ask ``/swarm/<sha256>/have``.
@@ -53,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -74,7 +79,8 @@ from common.identity import DIGEST_SIZE, Identity, piece_size_for
 
 log = logging.getLogger("agent.swarm")
 
-MAX_DOWNLOADS = 256  # registrations held at once: bounds memory whatever a local client does
+MAX_DOWNLOADS = 256  # downloads in progress held at once (and as many completed ones)
+PRUNE_SECONDS = 2.0  # how often completed downloads are checked (held by DIR's scan, or gone)
 _HASH_CHUNK = 256 * 1024
 MAX_REGISTRATION = 4096 * DIGEST_SIZE * 2 + 64 * 1024  # JSON with a 4096-piece list in base64
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -141,6 +147,7 @@ class Swarm:
         self.announce_seconds = announce_seconds
         self.downloads: dict[bytes, Download] = {}
         self.on_change: OnChange | None = None
+        self.held: Callable[[bytes], bool] = lambda sha: False  # in the inventory (by content)?
         self._wake = asyncio.Event()
 
     # -- the local API's logic (pure enough to test without HTTP) --
@@ -176,8 +183,11 @@ class Swarm:
                 bytearray(ident.pieces)
         except bitfield.BadBitfield as e:
             raise SwarmRefused(400, f"have: {e}") from None
-        if sha not in self.downloads and len(self.downloads) >= MAX_DOWNLOADS:
-            raise SwarmRefused(503, f"this agent already shares {MAX_DOWNLOADS} downloads")
+        if self._in_progress(besides=sha) >= MAX_DOWNLOADS:
+            self.prune()
+            if self._in_progress(besides=sha) >= MAX_DOWNLOADS:
+                raise SwarmRefused(503, f"this agent already shares {MAX_DOWNLOADS} "
+                                        "downloads in progress")
         old = self.downloads.get(sha)
         if old is not None and old.holding_path != agent_api.swarm_path(sha, name):
             self._withdraw(old)
@@ -203,6 +213,9 @@ class Swarm:
             d.path, d.complete = real, True
             d.set_have(bytearray(b"\x01" * d.identity.pieces))
             log.info("swarm: %s complete; seeding it as a whole file", d.name)
+            done = [s for s, o in self.downloads.items() if o.complete]
+            for old in done[:max(0, len(done) - MAX_DOWNLOADS)]:
+                self.remove(old, why="too many completed downloads kept")
         elif "have" in doc:
             try:
                 d.set_have(bitfield.unpack(base64.b64decode(str(doc["have"]), validate=True),
@@ -214,13 +227,32 @@ class Swarm:
         self._changed(d)
         return d
 
-    def remove(self, sha: bytes) -> bool:
+    def remove(self, sha: bytes, why: str = "the download stopped") -> bool:
         d = self.downloads.pop(sha, None)
         if d is None:
             return False
         self._withdraw(d)
-        log.info("swarm: %s no longer shared (the download stopped)", d.name)
+        log.info("swarm: %s no longer shared here by content (%s)", d.name, why)
         return True
+
+    def prune(self) -> None:
+        """Drop completed downloads that DIR's scan now holds, or whose file is gone."""
+        for sha, d in list(self.downloads.items()):
+            if not d.complete:
+                continue
+            if self.held(sha):
+                self.remove(sha, why="the shared folder holds it now")
+                continue
+            try:
+                st = os.stat(d.path)
+                gone = (st.st_dev, st.st_ino) != d.file_id or st.st_size != d.identity.size
+            except OSError:
+                gone = True
+            if gone:
+                self.remove(sha, why="the file is gone")
+
+    def _in_progress(self, besides: bytes) -> int:
+        return sum(1 for s, d in self.downloads.items() if not d.complete and s != besides)
 
     def pieces_for(self, sha: bytes) -> tuple[int, bytes] | None:
         d = self.downloads.get(sha)
@@ -305,8 +337,11 @@ class Swarm:
     async def run(self) -> None:
         """Pass changed downloads to `on_change`, each at most once per announce_seconds."""
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PRUNE_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
+            self.prune()
             for d in self.downloads.values():
                 if d.dirty and self.on_change is not None:
                     d.dirty = False
@@ -410,6 +445,9 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     opened = await loop.run_in_executor(None, swarm.open, sha)
     if opened is None:
+        gone = swarm.downloads.get(sha)
+        if gone is not None and gone.complete:  # deleted, moved or replaced: stop announcing
+            swarm.remove(sha, why="its file cannot be opened")
         raise web.HTTPNotFound(text="no such download shared here (or it was restarted)\n")
     d, fd = opened
     try:

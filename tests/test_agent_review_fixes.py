@@ -43,8 +43,8 @@ class Agent:
 async def _start(tmp_path, **cfg: object) -> RunningAgent:
     d = tmp_path / "share"
     d.mkdir(exist_ok=True)
+    cfg = {"settle_seconds": 0, "rescan_seconds": 0.2, "hash_workers": 1, **cfg}
     config = AgentConfig(dir=str(d), listen="127.0.0.1:0", state_dir=str(tmp_path / "state"),
-                         settle_seconds=0, rescan_seconds=0.2, hash_workers=1,
                          **cfg)  # type: ignore[arg-type]
     return await start(config, report=False)
 
@@ -328,3 +328,60 @@ async def test_swarm_api_answers_absurd_input_with_400(agent: Agent) -> None:
 async def asyncio_to_thread(fn, *args):
     import asyncio
     return await asyncio.to_thread(fn, *args)
+
+
+# ---- 5. completed swarm downloads do not pile up ---------------------------------------
+
+async def _register_and_complete(agent: Agent, name: str, data: bytes) -> str:
+    part = os.path.join(agent.dir, name + ".part")
+    await asyncio_to_thread(pathlib.Path(part).write_bytes, data)
+    status, answer = await agent.post(agent_api.LOCAL_SWARM,
+                                      registration(data, part, name=name, have=b"\xc0"))
+    assert status == 200, answer
+    os.rename(part, os.path.join(agent.dir, name))
+    sha = hashlib.sha256(data).hexdigest()
+    status, answer = await agent.post(f"{agent_api.LOCAL_SWARM}/{sha}",
+                                      {"complete": os.path.join(agent.dir, name)})
+    assert status == 200, answer
+    return sha
+
+
+async def test_completed_swarm_downloads_leave_room_and_are_dropped(tmp_path, monkeypatch
+                                                                    ) -> None:
+    from agent import swarm as swarm_mod
+    from tests.agent_helpers import eventually
+
+    monkeypatch.setattr(swarm_mod, "MAX_DOWNLOADS", 2)
+    monkeypatch.setattr(swarm_mod, "PRUNE_SECONDS", 0.1, raising=False)
+    # A slow rescan: the completed files are not in the inventory for a while.
+    a = await _start(tmp_path, rescan_seconds=3600)
+    try:
+        async with aiohttp.ClientSession() as http:
+            agent = Agent(a, str(tmp_path / "share"), http)
+            await eventually(lambda: a.inventory.scans >= 1, what="first scan")
+            withdrawn: list[str] = []
+            a.swarm.on_change = lambda path, ident, have: (
+                withdrawn.append(path) if have is None else None)
+            first = await _register_and_complete(agent, "one.bin", os.urandom(2 * PIECE))
+            await _register_and_complete(agent, "two.bin", os.urandom(2 * PIECE))
+            # Two completed: a download in progress still gets in.
+            data = os.urandom(2 * PIECE)
+            part = os.path.join(agent.dir, "three.bin.part")
+            await asyncio_to_thread(pathlib.Path(part).write_bytes, data)
+            status, answer = await agent.post(agent_api.LOCAL_SWARM,
+                                              registration(data, part, name="three.bin"))
+            assert status == 200, answer
+            # A finished file deleted is no longer served nor announced.
+            os.unlink(os.path.join(agent.dir, "one.bin"))
+            await eventually(lambda: bytes.fromhex(first) not in a.swarm.downloads,
+                             what="the deleted file dropped")
+            status, _ = await agent.get(f"/swarm/{first}")
+            assert status == 404
+            assert any(first in p for p in withdrawn)
+            # Once the inventory holds two.bin, its registration goes too.
+            await a.inventory.scan()
+            await eventually(lambda: all(not d.complete for d in a.swarm.downloads.values()),
+                             what="two.bin dropped once the inventory holds it")
+            assert len(a.swarm.downloads) == 1 and len(withdrawn) == 2
+    finally:
+        await a.stop()
