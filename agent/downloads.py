@@ -19,11 +19,19 @@ Memory stays small: bytes go straight to disk (client.storage), and only the
 last MAX_KEPT finished fetches are remembered. The list is kept in the state
 dir (``fetches.json``, rewritten atomically), so after a restart the fetches
 that were running come back paused, ready to resume from their partial files.
+
+A finished fetch never replaces a file that appeared in DIR while it ran: the
+output is published with link() (which fails if the name exists) and then the
+part file unlinked, instead of rename() (which replaces). The fetch then fails
+saying so and keeps NAME.part (resume it once the name is free, or cancel it).
+A sizeless stream is written to NAME.part.part, renamed to NAME.part when whole
+and published the same way.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -120,6 +128,58 @@ def check_targets(targets: list[str]) -> tuple[str, ...]:
     return tuple(targets)
 
 
+def publish(src: pathlib.Path, out: pathlib.Path) -> None:
+    """Give the finished file `src` the name `out`, never replacing a file there.
+
+    Raises StorageError if `out` exists (then `src` stays) or cannot be written.
+    """
+    try:
+        os.link(src, out)
+    except FileExistsError:
+        raise StorageError(f"{out.name} appeared in the shared folder while it was fetched; "
+                           f"not replacing it (the download is kept as {src.name})") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS,
+                           errno.EMLINK):
+            raise StorageError(f"cannot finish {out}: {e.strerror}") from None
+        # No hard links on this filesystem: check, then rename (a small window remains).
+        if os.path.lexists(out):
+            raise StorageError(f"{out.name} appeared in the shared folder while it was "
+                               f"fetched; not replacing it (kept as {src.name})") from None
+        try:
+            os.replace(src, out)
+        except OSError as e2:
+            raise StorageError(f"cannot finish {out}: {e2.strerror}") from None
+        return
+    try:
+        os.unlink(src)
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"cannot finish {out}: {e.strerror}") from None
+
+
+class _NoReplacePartFile(PartFile):
+    """client.storage's PartFile, finished by publish(): never over a file that appeared."""
+
+    def finish(self) -> pathlib.Path:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        except OSError as e:
+            raise StorageError(f"cannot finish {self.out}: {e.strerror}") from None
+        publish(self.part, self.out)
+        self._unlink(self.control)
+        return self.out
+
+
+PART_SUFFIXES = (".part", ".mfetch", ".part.part")  # a fetch's own files besides NAME
+
+
 class Downloads:
     """Fetches into `directory`; a NAME is looked up on `tracker` (HOST:PORT), reached
     with `link` (TLS and token, as the agent reaches it). `agent_token` goes to the
@@ -194,7 +254,7 @@ class Downloads:
         # Only our own partial files, and never while another fetch has this name.
         if d.name and d.owns_part and self._holder(d.name, d) is None:
             d.owns_part = False
-            for suffix in (".part", ".mfetch"):
+            for suffix in PART_SUFFIXES:
                 with contextlib.suppress(OSError):
                     (self.dir / (d.name + suffix)).unlink()
         self._save()
@@ -322,8 +382,10 @@ class Downloads:
             log.info("fetch %s: %s from %d source(s)", d.id, plan.name, len(plan.sources))
             if plan.stream:
                 d.owns_part = True
-                size, sha, _ = await stream_fetch(http, plan.sources[0].url, out, plan.sha256,
-                                                  client_config.rate_limit(cfg))
+                staged = out.with_name(out.name + ".part")  # stream_fetch adds its own .part
+                size, sha, _ = await stream_fetch(http, plan.sources[0].url, staged,
+                                                  plan.sha256, client_config.rate_limit(cfg))
+                await asyncio.to_thread(publish, staged, out)
                 d.size, d.final_sha256 = size, sha
             else:
                 d.final_sha256 = await self._pieces(d, plan, out, http)
@@ -334,7 +396,7 @@ class Downloads:
 
     async def _pieces(self, d: Download, plan: Plan, out: pathlib.Path,
                       http: HttpClient) -> str:
-        store = PartFile(out)
+        store = _NoReplacePartFile(out)
         done, note = store.open(content_key(plan), plan.pieces)
         d.owns_part = True
         if note:

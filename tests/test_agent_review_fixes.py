@@ -385,3 +385,66 @@ async def test_completed_swarm_downloads_leave_room_and_are_dropped(tmp_path, mo
             assert len(a.swarm.downloads) == 1 and len(withdrawn) == 2
     finally:
         await a.stop()
+
+
+# ---- 7. a finished fetch never replaces a file that appeared meanwhile -----------------
+
+async def test_a_finished_fetch_does_not_replace_a_file_that_appeared(agent: Agent) -> None:
+    from tests.faulty import FaultyServer
+
+    data = os.urandom(1024 * 1024 + 17)
+    out = pathlib.Path(agent.dir, "file.bin")
+    with FaultyServer(data, trickle=400_000) as src:
+        status, f = await agent.post("/api/fetches", {"targets": [src.url]})
+        assert status == 201, f
+        await _until(agent, f["id"], lambda f: f["bytes"] > 0, "started")
+        await asyncio_to_thread(out.write_bytes, b"mine, written meanwhile")
+        failed = await _until(agent, f["id"], lambda f: f["state"] in ("failed", "done"),
+                              "ended")
+        assert failed["state"] == "failed", failed
+        assert "appeared in the shared folder" in failed["error"]
+        assert out.read_bytes() == b"mine, written meanwhile"
+        assert pathlib.Path(agent.dir, "file.bin.part").read_bytes() == data
+        # Once the name is free again, resume finishes it (the pieces are all verified).
+        out.unlink()
+        status, _ = await agent.post(f"/api/fetches/{f['id']}/resume", {})
+        assert status == 200
+        await _until(agent, f["id"], lambda f: f["state"] == "done", "finished")
+    assert out.read_bytes() == data
+
+
+async def test_a_finished_stream_does_not_replace_a_file_that_appeared(agent: Agent) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from tests.servers import AppServer
+
+    data = os.urandom(300_000)
+    out = pathlib.Path(agent.dir, "s.bin")
+
+    async def sizeless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()  # chunked, no Content-Length: a stream
+        await resp.prepare(request)
+        if request.method == "GET":
+            for i in range(0, len(data), 30_000):
+                await resp.write(data[i:i + 30_000])
+                await asyncio.sleep(0.1)
+        return resp
+
+    server = AppServer(sizeless)
+    try:
+        status, f = await agent.post("/api/fetches", {"targets": [server.url + "/s.bin"]})
+        assert status == 201, f
+        await _until(agent, f["id"], lambda f: f["state"] == "running", "started")
+        await asyncio_to_thread(out.write_bytes, b"mine, written meanwhile")
+        failed = await _until(agent, f["id"], lambda f: f["state"] in ("failed", "done"),
+                              "ended")
+    finally:
+        server.close()
+    assert failed["state"] == "failed", failed
+    assert "appeared in the shared folder" in failed["error"]
+    assert out.read_bytes() == b"mine, written meanwhile"
+    status, cancelled = await agent.post(f"/api/fetches/{f['id']}/cancel", {})
+    assert status == 200 and cancelled["state"] == "cancelled"
+    assert os.listdir(agent.dir) == ["s.bin"]
