@@ -258,9 +258,10 @@ class Swarm:
         d = self.downloads.get(sha)
         return (d.identity.piece_size, d.piece_list) if d else None
 
-    def check_pieces(self, d: Download, fd: int, first: int, end: int) -> list[int]:
-        """Hash the pieces in [first, end) of `fd` not yet checked (blocking); returns
-        those that do not match the piece list, now dropped from `d`'s bitfield."""
+    @staticmethod
+    def check_pieces(d: Download, fd: int, first: int, end: int) -> list[int]:
+        """Hash the pieces in [first, end) of `fd` not yet checked (blocking: run in a
+        thread); marks the right ones checked and returns those that do not match."""
         ps, size = d.identity.piece_size, d.identity.size
         bad = []
         for p in range(first, end):
@@ -278,13 +279,18 @@ class Swarm:
                 d.checked[p] = 1
             else:
                 bad.append(p)
-        if bad:
-            have = bytearray(d.have)
-            for p in bad:
-                have[p] = 0
-            d.complete = False
-            d.set_have(have)
         return bad
+
+    def drop_pieces(self, d: Download, bad: list[int]) -> None:
+        """Pieces whose bytes do not match the piece list: no longer held nor announced."""
+        log.warning("swarm: %s: pieces %s do not match the registered piece list; "
+                    "no longer serving them", d.name, _ranges(bad))
+        have = bytearray(d.have)
+        for p in bad:
+            have[p] = 0
+        d.complete = False
+        d.set_have(have)
+        self._changed(d)
 
     def snapshot(self) -> dict[str, tuple[Identity, bytes]]:
         """Every download as the tracker should know it: path -> (identity, bitfield)."""
@@ -472,9 +478,7 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
                      f"(ask /swarm/{sha.hex()}/have)\n")
         bad = await loop.run_in_executor(None, swarm.check_pieces, d, fd, first, last)
         if bad:
-            log.warning("swarm: %s: pieces %s do not match the registered piece list; "
-                        "no longer serving them", d.name, _ranges(bad))
-            swarm._changed(d)
+            swarm.drop_pieces(d, bad)
             headers["Content-Range"] = f"bytes */{size}"
             return web.Response(status=416, headers=headers,
                                 text=f"pieces not verified here: {_ranges(bad)}\n")
