@@ -19,11 +19,19 @@ Memory stays small: bytes go straight to disk (client.storage), and only the
 last MAX_KEPT finished fetches are remembered. The list is kept in the state
 dir (``fetches.json``, rewritten atomically), so after a restart the fetches
 that were running come back paused, ready to resume from their partial files.
+
+A finished fetch never replaces a file that appeared in DIR while it ran: the
+output is published with link() (which fails if the name exists) and then the
+part file unlinked, instead of rename() (which replaces). The fetch then fails
+saying so and keeps NAME.part (resume it once the name is free, or cancel it).
+A sizeless stream is written to NAME.part.part, renamed to NAME.part when whole
+and published the same way.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -45,6 +53,7 @@ from common.security import TrackerLink
 log = logging.getLogger("agent")
 
 MAX_KEPT = 100  # finished, failed or cancelled fetches remembered for the page
+MAX_OPEN = 32  # fetches not ended (planning, running, paused) at once
 MAX_TARGETS = 32
 MAX_TARGET_LEN = 4096
 
@@ -68,6 +77,10 @@ class NotFound(MfetchError):
 
 class Conflict(MfetchError):
     """The fetch is not in a state that allows the operation."""
+
+
+class TooMany(MfetchError):
+    """MAX_OPEN fetches are not ended yet: finish or cancel one first."""
 
 
 @dataclass(eq=False)
@@ -115,6 +128,58 @@ def check_targets(targets: list[str]) -> tuple[str, ...]:
     return tuple(targets)
 
 
+def publish(src: pathlib.Path, out: pathlib.Path) -> None:
+    """Give the finished file `src` the name `out`, never replacing a file there.
+
+    Raises StorageError if `out` exists (then `src` stays) or cannot be written.
+    """
+    try:
+        os.link(src, out)
+    except FileExistsError:
+        raise StorageError(f"{out.name} appeared in the shared folder while it was fetched; "
+                           f"not replacing it (the download is kept as {src.name})") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS,
+                           errno.EMLINK):
+            raise StorageError(f"cannot finish {out}: {e.strerror}") from None
+        # No hard links on this filesystem: check, then rename (a small window remains).
+        if os.path.lexists(out):
+            raise StorageError(f"{out.name} appeared in the shared folder while it was "
+                               f"fetched; not replacing it (kept as {src.name})") from None
+        try:
+            os.replace(src, out)
+        except OSError as e2:
+            raise StorageError(f"cannot finish {out}: {e2.strerror}") from None
+        return
+    try:
+        os.unlink(src)
+        fd = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise StorageError(f"cannot finish {out}: {e.strerror}") from None
+
+
+class _NoReplacePartFile(PartFile):
+    """client.storage's PartFile, finished by publish(): never over a file that appeared."""
+
+    def finish(self) -> pathlib.Path:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        except OSError as e:
+            raise StorageError(f"cannot finish {self.out}: {e.strerror}") from None
+        publish(self.part, self.out)
+        self._unlink(self.control)
+        return self.out
+
+
+PART_SUFFIXES = (".part", ".mfetch", ".part.part")  # a fetch's own files besides NAME
+
+
 class Downloads:
     """Fetches into `directory`; a NAME is looked up on `tracker` (HOST:PORT), reached
     with `link` (TLS and token, as the agent reaches it). `agent_token` goes to the
@@ -139,12 +204,15 @@ class Downloads:
     # ---- operations ---------------------------------------------------------
 
     def start(self, targets: list[str], sha256: str | None = None) -> Download:
-        """Check and start a fetch; raises ConfigError for bad input."""
+        """Check and start a fetch; raises ConfigError for bad input, Conflict if a fetch
+        not ended has that name, TooMany beyond MAX_OPEN fetches not ended."""
         checked = check_targets(targets)
         digest = parse_sha256(sha256) if sha256 else None
         d = Download(uuid.uuid4().hex[:12], checked, digest)
         if "://" not in checked[0]:
             d.name = checked[0]
+            self._check_name(d, d.name)
+        self._check_open()
         self.items[d.id] = d
         self._forget_old()
         self._launch(d)
@@ -169,6 +237,10 @@ class Downloads:
         d = self.get(fid)
         if d.state not in (State.PAUSED, State.FAILED):
             raise Conflict(f"fetch {fid} is {d.state}: only a paused or failed fetch resumes")
+        if d.name:
+            self._check_name(d, d.name)
+        if d.state in ENDED:
+            self._check_open()
         d.error = ""
         self._launch(d)
         return d
@@ -179,12 +251,34 @@ class Downloads:
             raise Conflict(f"fetch {fid} is {d.state} already")
         await self._stop(d)
         d.state = State.CANCELLED
-        if d.name and d.owns_part:
-            for suffix in (".part", ".mfetch"):
+        # Only our own partial files, and never while another fetch has this name.
+        if d.name and d.owns_part and self._holder(d.name, d) is None:
+            d.owns_part = False
+            for suffix in PART_SUFFIXES:
                 with contextlib.suppress(OSError):
                     (self.dir / (d.name + suffix)).unlink()
         self._save()
         return d
+
+    def _holder(self, name: str, besides: Download) -> Download | None:
+        """Another fetch that has `name` for its output and is not over with it: planning,
+        running, paused, or failed with its partial files kept."""
+        for o in self.items.values():
+            if o is not besides and o.name == name and (
+                    o.state not in ENDED or (o.state == State.FAILED and o.owns_part)):
+                return o
+        return None
+
+    def _check_name(self, d: Download, name: str) -> None:
+        other = self._holder(name, d)
+        if other is not None:
+            raise Conflict(f"fetch {other.id} ({other.state}) is already fetching {name}: "
+                           "resume or cancel it instead")
+
+    def _check_open(self) -> None:
+        if sum(1 for o in self.items.values() if o.state not in ENDED) >= MAX_OPEN:
+            raise TooMany(f"{MAX_OPEN} fetches are running or paused already: "
+                          "let one finish or cancel one first")
 
     async def close(self) -> None:
         """Stop every fetch, keeping partial files (as a pause)."""
@@ -275,7 +369,9 @@ class Downloads:
 
                 async with TrackerClient(self.tracker, link=self.link) as tracker:
                     plan = await plan_from_tracker(http, tracker, d.targets[0], d.sha256)
-            d.plan, d.name = plan, plan.name
+            d.name = plan.name
+            self._check_name(d, plan.name)  # NAME.part is another fetch's: never touch it
+            d.plan = plan
             d.size = None if plan.stream else plan.size
             out = self.dir / plan.name
             if out.exists():
@@ -286,8 +382,10 @@ class Downloads:
             log.info("fetch %s: %s from %d source(s)", d.id, plan.name, len(plan.sources))
             if plan.stream:
                 d.owns_part = True
-                size, sha, _ = await stream_fetch(http, plan.sources[0].url, out, plan.sha256,
-                                                  client_config.rate_limit(cfg))
+                staged = out.with_name(out.name + ".part")  # stream_fetch adds its own .part
+                size, sha, _ = await stream_fetch(http, plan.sources[0].url, staged,
+                                                  plan.sha256, client_config.rate_limit(cfg))
+                await asyncio.to_thread(publish, staged, out)
                 d.size, d.final_sha256 = size, sha
             else:
                 d.final_sha256 = await self._pieces(d, plan, out, http)
@@ -298,7 +396,7 @@ class Downloads:
 
     async def _pieces(self, d: Download, plan: Plan, out: pathlib.Path,
                       http: HttpClient) -> str:
-        store = PartFile(out)
+        store = _NoReplacePartFile(out)
         done, note = store.open(content_key(plan), plan.pieces)
         d.owns_part = True
         if note:

@@ -11,7 +11,9 @@
     POST /api/fetches/{id}/resume       -> FETCH (409 unless paused or failed)
     POST /api/fetches/{id}/cancel       -> FETCH; its partial files are deleted
 
-Errors are {"error": "one line"} with 400, 403, 404, 409 or 415.
+Errors are {"error": "one line"} with 400, 403, 404, 409, 415 or 429: 409 also
+when a fetch not ended (or failed with its partial files) already has that output
+name, 429 beyond downloads.MAX_OPEN fetches running or paused.
 
 Who may use it: this makes the agent download any URL into its shared
 folder, so only clients in ``fetch_allow`` (default loopback only) get the
@@ -22,25 +24,25 @@ send that without a CORS preflight, which is never granted), a request
 whose ``Origin`` is not this agent's own is refused, and so is one whose
 ``Host`` is a name other than localhost, this machine's name or the advertised
 one (an IP address is fine): a site that rebinds its own name to 127.0.0.1
-would otherwise pass as same-origin.
+would otherwise pass as same-origin. These checks live in agent.http_auth
+(cross_site_refusal), which applies them to every local page and API.
 """
 from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
-from agent.downloads import Conflict, Downloads, NotFound
+from agent import http_auth
+from agent.downloads import Conflict, Downloads, NotFound, TooMany
 from common.errors import ConfigError, MfetchError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DOWNLOADS: web.AppKey[Downloads] = web.AppKey("downloads", Downloads)
 _ALLOW: web.AppKey[tuple[Network, ...]] = web.AppKey("fetch_allow", tuple)
-_NAMES: web.AppKey[frozenset[str]] = web.AppKey("host_names", frozenset)
 MAX_BODY = 64 * 1024
 
 
@@ -63,7 +65,7 @@ def add_routes(app: web.Application, downloads: Downloads, allow: tuple[Network,
     IP addresses, localhost and this machine's name) the agent may be addressed by."""
     app[_DOWNLOADS] = downloads
     app[_ALLOW] = allow
-    app[_NAMES] = frozenset(n.lower() for n in (*names, "localhost", socket.gethostname()) if n)
+    app[http_auth.HOST_NAMES] = http_auth.host_names(names)
     app.router.add_get("/fetches", _guard(page))
     app.router.add_get("/api/fetches", _guard(list_fetches))
     app.router.add_post("/api/fetches", _guard(start_fetch))
@@ -88,34 +90,20 @@ def _guard(handler: Handler) -> Handler:
             ip = ip.ipv4_mapped
         if not any(ip in net for net in request.app[_ALLOW]):
             return _error(403, "fetches are not open to this address (see fetch_allow)")
-        if not _known_host(request.host, request.app[_NAMES]):
-            return _error(403, "unknown Host name (open the page by IP address or localhost)")
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}":
-            return _error(403, "cross-site requests are refused")
-        if request.method == "POST" and request.content_type != "application/json":
-            return _error(415, "send Content-Type: application/json")
+        refused = http_auth.cross_site_refusal(request)  # also the app's local_guard
+        if refused is not None:
+            return _error(*refused)
         try:
             return await handler(request)
         except NotFound as e:
             return _error(404, str(e))
         except Conflict as e:
             return _error(409, str(e))
+        except TooMany as e:
+            return _error(429, str(e))
         except MfetchError as e:
             return _error(400, str(e))
     return guarded
-
-
-def _known_host(host: str, names: frozenset[str]) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
-    if name.endswith(".localhost") or name in names:
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

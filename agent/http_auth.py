@@ -14,10 +14,21 @@ a browser cannot send a bearer token and those paths have their own address
 checks (loopback only by default: agent/status.py, agent/fetch_page.py,
 agent/swarm.py). From any other address they need the token like everything
 else.
+
+Those same pages must not be reachable from a web page in the user's browser
+(which runs on loopback): `local_guard` refuses, on every LOCAL_PAGES path and
+from any address, a request whose ``Host`` is a name other than localhost, this
+machine's name or the advertised one (an IP address is fine: a site that rebinds
+its own name to 127.0.0.1 would otherwise read /api/status and /metrics as
+same-origin), a request whose ``Origin`` is not the agent's own, and a POST that
+is not ``Content-Type: application/json`` (a cross-site form or a no-cors fetch
+cannot send that without a CORS preflight, which is never granted).
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -28,6 +39,7 @@ OPEN_PATHS = frozenset({"/healthz"})
 LOCAL_PAGES = ("/status", "/api/status", "/metrics", "/fetches", "/api/fetches",
                agent_api.LOCAL_SWARM)
 REALM = 'Bearer realm="mfetch-agent"'
+HOST_NAMES: web.AppKey[frozenset[str]] = web.AppKey("host_names", frozenset)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,6 +67,51 @@ def require_token(token: str) -> Middleware:
 def _local_page(request: web.Request) -> bool:
     from agent.status import is_loopback
 
-    path = request.path
-    return is_loopback(request.remote) and any(
-        path == p or path.startswith(p + "/") for p in LOCAL_PAGES)
+    return is_loopback(request.remote) and is_local_page(request.path)
+
+
+def is_local_page(path: str) -> bool:
+    """Whether `path` is one of the pages and APIs used from the agent's own machine."""
+    return any(path == p or path.startswith(p + "/") for p in LOCAL_PAGES)
+
+
+def host_names(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The names (besides IP addresses and *.localhost) the agent may be addressed by:
+    `extra` (the advertised name), localhost and this machine's name."""
+    return frozenset(n.lower() for n in (*extra, "localhost", socket.gethostname()) if n)
+
+
+def known_host(host: str, names: frozenset[str]) -> bool:
+    """Whether a Host header names this agent: an IP address, *.localhost or `names`."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name.endswith(".localhost") or name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def cross_site_refusal(request: web.Request) -> tuple[int, str] | None:
+    """(status, reason) if `request` may come from another site's page, else None."""
+    names = request.app.get(HOST_NAMES) or host_names()
+    if not known_host(request.headers.get("Host", ""), names):
+        return 403, "unknown Host name (open the page by IP address or localhost)"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return 403, "cross-site requests are refused"
+    if request.method == "POST" and request.content_type != "application/json":
+        return 415, "send Content-Type: application/json"
+    return None
+
+
+@web.middleware
+async def local_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse cross-site and rebound requests to LOCAL_PAGES (see the module docstring)."""
+    if is_local_page(request.path):
+        refused = cross_site_refusal(request)
+        if refused is not None:
+            return web.json_response({"error": refused[1]}, status=refused[0])
+    return await handler(request)

@@ -3,7 +3,8 @@
 - ``upload_rate`` (bytes/s, 0 = none): one token bucket shared by every
   response body, so the agent never sends faster than that in total.
 - ``max_client_connections`` (0 = none): at most this many file requests in
-  flight from one client address at a time. One more is answered
+  flight from one client address at a time, over ``/files/`` and ``/swarm/``
+  together (both send file bodies; a swarm bitfield, ``/have``, is not counted). One more is answered
   ``503 Service Unavailable`` with ``Retry-After: 1``; mfetch takes that as
   "use one connection less here", not as a failing source.
 """
@@ -18,6 +19,7 @@ from common import agent_api
 from common.ratelimit import TokenBucket
 
 RETRY_AFTER = "1"
+_DATA_PREFIXES = (agent_api.FILES_PREFIX, agent_api.SWARM_PREFIX)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,7 +44,8 @@ class Limits:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.max_client or not request.path.startswith(agent_api.FILES_PREFIX):
+        if not self.max_client or not request.path.startswith(_DATA_PREFIXES) \
+                or request.path.endswith("/have"):  # a bitfield, not a file body
             return await handler(request)
         client = request.remote or ""
         if self.active.get(client, 0) >= self.max_client:

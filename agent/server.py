@@ -52,7 +52,7 @@ from aiohttp import web
 from agent import status
 from agent import swarm as swarm_mod
 from agent.hashcache import StatKey
-from agent.http_auth import require_token
+from agent.http_auth import local_guard, require_token
 from agent.inventory import Inventory, inside, is_shareable_name
 from agent.limits import Limits
 from agent.observe import AgentObserver, Transfer, counting_middleware
@@ -267,10 +267,11 @@ def make_app(inventory: Inventory, token: str | None = None, *, limits: Limits |
     its status page and metrics (agent/status.py; loopback clients only unless
     `status_public`), and with `swarm`, the downloads in progress on this machine
     (agent/swarm.py). With `token`, every path but the open ones (agent.http_auth)
-    needs it; `limits` caps uploads (agent/limits.py)."""
+    needs it; `limits` caps uploads (agent/limits.py). The local pages and APIs refuse
+    cross-site and DNS-rebound requests (agent.http_auth.local_guard)."""
     observer = AgentObserver(inventory)
     limits = limits or Limits()
-    middlewares = [counting_middleware(observer)]
+    middlewares = [counting_middleware(observer), local_guard]
     if token:
         middlewares.append(require_token(token))
     middlewares.append(limits.middleware)
@@ -278,6 +279,8 @@ def make_app(inventory: Inventory, token: str | None = None, *, limits: Limits |
                           client_max_size=swarm_mod.MAX_REGISTRATION if swarm else 1024**2)
     if swarm is not None:
         swarm_mod.add_routes(app, swarm)
+        # A completed download is dropped once DIR's scan holds its content (agent/swarm.py).
+        swarm.held = lambda sha: inventory.pieces_for(sha) is not None
     app[_INVENTORY] = inventory
     app[_LIMITS] = limits
     status.add_routes(app, observer, public=status_public)
