@@ -487,8 +487,7 @@ class _LowWater:
     stalled), and reset to 1 before the connection goes back to the pool.
     """
 
-    LOWAT = 1024 * 1024
-    READ_SIZE = 1024 * 1024
+    LOWAT = 256 * 1024
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.content = resp.content
@@ -500,10 +499,6 @@ class _LowWater:
         if self.length is not None and transport is not None \
                 and transport.get_extra_info("sslcontext") is None:
             self.sock = transport.get_extra_info("socket")
-        if transport is not None and hasattr(transport, "max_size"):
-            # asyncio reads at most 256 KiB per wake-up (a class attribute); on a fast
-            # link larger reads mean fewer trips through the loop and the parser.
-            transport.max_size = self.READ_SIZE
 
     def update(self, rate: float) -> None:
         """Set the mark for what is left of the body and the connection's `rate` (B/s)."""
