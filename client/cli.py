@@ -21,6 +21,8 @@ import signal
 import sys
 import time
 
+# First: it imports aiohttp without loading the CA store (~0.1 s of start-up for nothing).
+from client import aiohttp_import  # noqa: F401  # isort: skip
 from client import checksums, metalink
 from client import config as client_config
 from client.fetcher import Fetcher, Result, SourceReport, content_key
@@ -152,8 +154,31 @@ def http_options(args: argparse.Namespace, cfg: client_config.ClientConfig,
     )
 
 
+def _keep_buffers_in_heap() -> None:
+    """Stop glibc from handing each large receive buffer back to the kernel.
+
+    Every socket read allocates a fresh buffer of up to a few hundred KiB; glibc
+    serves those with mmap (or trims the heap after them), so each one costs ~64
+    page faults and zeroing: 180,000 faults and ~0.5 s of system time for 2 GiB
+    on loopback. Served from the heap and kept there, they are reused at no cost.
+    The trim threshold bounds what stays allocated but unused (peak RSS is
+    unchanged: those pages were in use at the peak). Not glibc: nothing to do.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+    mallopt(m_trim_threshold, 32 * 1024 * 1024)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _keep_buffers_in_heap()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
         format="mfetch: %(message)s", stream=sys.stderr)

@@ -83,15 +83,20 @@ class HttpClient:
                  per_host: int) -> None:
         self.opts = opts
         self._netrc = _load_netrc(opts.netrc_file) if opts.netrc_file else None
-        ssl_ctx: ssl.SSLContext | bool = True
+        # The context for every TLS connection (https sources, an https proxy), passed
+        # to each request: made on the first one, since loading the system's CA store
+        # costs ~0.1 s (and aiohttp's own context has none: client/aiohttp_import.py).
+        self._ssl: ssl.SSLContext | None = None
         if opts.cacert:
             try:
-                ssl_ctx = ssl.create_default_context(cafile=opts.cacert)
+                self._ssl = ssl.create_default_context(cafile=opts.cacert)
             except (OSError, ssl.SSLError) as e:
                 raise ConfigError(f"--cacert {opts.cacert}: {e}") from None
+        ssl_ctx: ssl.SSLContext | bool = self._ssl or True
         self._http_proxy: str | None = None
         connector: aiohttp.BaseConnector
         scheme = urlsplit(opts.proxy).scheme if opts.proxy else ""
+        self._tls_proxy = scheme == "https"
         if opts.proxy and scheme in ("socks4", "socks5", "socks5h", "socks4a"):
             from aiohttp_socks import ProxyConnector  # only loaded when asked for
 
@@ -139,9 +144,11 @@ class HttpClient:
                 auth = bearer(self.opts.agent_token)
             if auth and not any(k.lower() == "authorization" for k in extra):
                 extra["Authorization"] = auth  # an explicit header wins, as in curl
+            tls = self._tls_proxy or urlsplit(plain).scheme == "https"
             resp = await self.session.get(
                 plain, headers={**BASE_HEADERS, **extra, **(headers or {})},
-                allow_redirects=False, proxy=self._http_proxy)
+                allow_redirects=False, proxy=self._http_proxy,
+                ssl=self._tls_context() if tls else True)
             location = resp.headers.get("Location")
             if resp.status in REDIRECTS and location:
                 resp.release()
@@ -155,6 +162,13 @@ class HttpClient:
                 resp.release()
             return
         raise SourceError(f"{url}: more than {self.opts.max_redirects} redirects")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The --cacert context, else the system's CA store (as aiohttp's default is)."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+            self._ssl.set_alpn_protocols(("http/1.1",))
+        return self._ssl
 
     def _credentials(self, url: str) -> tuple[str, str | None]:
         """The URL without userinfo, and the Authorization this origin may get."""

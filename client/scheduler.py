@@ -763,12 +763,15 @@ class Scheduler:
         rate = conn.meter.value(now)
         if rate > 0:
             return rate
-        # Not measured yet: assume the average of the source's measured connections,
-        # else one piece per request_seconds (small first requests measure quickly).
+        # Not measured yet: assume an equal share of what the source's measured
+        # connections carry (a new connection to a busy link splits it, it does not
+        # add to it: the average of the others once gave a slow mirror's new
+        # connection 16 MiB that it held until the very end); else one piece per
+        # request_seconds (small first requests measure quickly, then slow start).
         src = self.sources[conn.source]
         known = [r for c in src.conns if (r := self.conns[c].meter.value(now)) > 0]
         if known:
-            return sum(known) / len(known)
+            return sum(known) / len(src.conns)
         return self.piece_size / self.cfg.request_seconds
 
     def _unclaimed_bytes(self) -> int:

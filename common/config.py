@@ -15,8 +15,6 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import yaml
-
 from common.errors import ConfigError
 
 T = TypeVar("T")
@@ -31,6 +29,8 @@ def load_yaml(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    import yaml  # here: ~20 ms of every start-up, and most runs have no config file
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -117,6 +117,24 @@ def test_https_needs_the_ca_it_is_told_to_trust(tmp_path, data):
     assert (tmp_path / "b").read_bytes() == data
 
 
+def test_https_trusts_the_system_store_without_cacert(tmp_path, data):
+    # mfetch imports aiohttp with an empty CA store (start-up time) and makes its own
+    # context on the first https request: that one must see the system's store, here
+    # a CA put there the way OpenSSL reads it (SSL_CERT_FILE).
+    ca = trustme.CA()
+    import ssl
+
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    with FaultyServer(data, ssl_context=server_ctx) as s:
+        r = _procs.run([_procs.command("mfetch"), s.url, "-o", str(tmp_path / "a")],
+                       timeout=120, env={"SSL_CERT_FILE": str(bundle)})
+        ok(r)
+    assert (tmp_path / "a").read_bytes() == data
+
+
 def test_http_proxy(tmp_path, data):
     proxy = HttpProxy()
     try:
