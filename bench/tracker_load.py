@@ -91,6 +91,19 @@ async def _announce(addresses: list[str], agents: range, p: Params) -> list[floa
     stubs = [pb_grpc.TrackerStub(c) for c in channels]
     queue = list(agents)
     lat: list[float] = []
+    registered: list[int] = []
+
+    async def keep_alive() -> None:
+        # Agents registered early heartbeat while the others announce, as real ones do:
+        # at 10,000 agents the announce phase lasts longer than a lease.
+        while True:
+            started = time.perf_counter()
+            ids = list(registered)
+            for k in range(0, len(ids), 32):
+                await asyncio.gather(*(stubs[i % len(stubs)].Heartbeat(
+                    pb.HeartbeatRequest(agent_id=f"agent-{i:06d}"), timeout=60)
+                    for i in ids[k:k + 32]))
+            await asyncio.sleep(max(0.0, p.heartbeat_seconds / 2 - (time.perf_counter() - started)))
 
     async def one() -> None:
         while queue:
@@ -102,11 +115,14 @@ async def _announce(addresses: list[str], agents: range, p: Params) -> list[floa
             await stub.Register(pb.RegisterRequest(
                 agent_id=agent_id, base_url=f"http://10.{i >> 16 & 255}.{i >> 8 & 255}."
                 f"{i & 255}:7070"), timeout=60)
+            registered.append(i)
             t = time.perf_counter()
             await stub.Announce(req, timeout=120)
             lat.append(time.perf_counter() - t)
 
+    beats = asyncio.create_task(keep_alive())
     await asyncio.gather(*(one() for _ in range(p.concurrency)))
+    beats.cancel()
     for c in channels:
         await c.close()
     return lat
