@@ -103,10 +103,10 @@ async def _announce(addresses: list[str], agents: range, p: Params) -> list[floa
                 await stubs[i % len(stubs)].Heartbeat(
                     pb.HeartbeatRequest(agent_id=f"agent-{i:06d}"), timeout=60)
 
-        while True:
+        while True:  # each registered agent once per heartbeat interval, as agents do
             started = time.perf_counter()
             await asyncio.gather(*(beat(i) for i in list(registered)))
-            await asyncio.sleep(max(0.0, p.heartbeat_seconds / 2 - (time.perf_counter() - started)))
+            await asyncio.sleep(max(0.0, p.heartbeat_seconds - (time.perf_counter() - started)))
 
     async def one() -> None:
         while queue:
