@@ -45,6 +45,12 @@ async def test_store_keeps_the_latest_bitfield(store) -> None:  # noqa: F811
     assert n == 1
     (h,) = [x.holding for x in await store.holdings_named("big.iso") if x.agent_id == "a1"]
     assert h.have == bits(0, 1, 7, 40) and h.path == PATH and h.identity == BIG
+    located, _ = await store.locate_name("big.iso", 8)
+    assert {x.agent_id: x.holding.have for x in located} == {"a1": bits(0, 1, 7, 40),
+                                                              "a2": b""}
+    (located, _) = await store.locate_sha256(BIG.sha256)
+    assert {x.agent_id: x.holding.have for x in located} == {"a1": bits(0, 1, 7, 40),
+                                                              "a2": b""}
     # Complete: announced with an empty bitfield.
     await store.update_holdings("a1", replace=False, removed=[], added=[Holding(PATH, BIG)])
     assert all(x.holding.have == b"" for x in await store.holders_of(BIG.sha256))

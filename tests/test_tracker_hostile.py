@@ -230,9 +230,9 @@ class _SlowStore:
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._inner, name)
 
-    async def holdings_named(self, name: str):  # type: ignore[no-untyped-def]
+    async def locate_name(self, name: str, max_contents: int):  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.5)
-        return await self._inner.holdings_named(name)
+        return await self._inner.locate_name(name, max_contents)
 
 
 async def test_calls_past_the_concurrency_cap_are_resource_exhausted(

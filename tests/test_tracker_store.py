@@ -159,6 +159,54 @@ async def test_holdings_of_several_agents_and_paths(store) -> None:
     assert await store.holdings_named("b/u.iso") == []
 
 
+async def test_locate_name_ranks_caps_and_gathers_every_holder(store) -> None:
+    """locate_name = holdings_named + mirrors_named, ranked and capped, then holders_of and
+    mirrors_of each chosen content: the same answer the four calls gave."""
+    clock = store.clock
+    iso2, gone = ident("iso2"), ident("gone")
+    for agent in ("a1", "a2", "a3", "old"):
+        await store.register(agent, f"http://{agent}:1", clock() + (5 if agent == "old" else 30))
+    # u.iso: ISO held under that name by a1 and a2, iso2 by a3; `old` (lapsing) holds
+    # `gone` under it three times, which must not count once its lease lapses.
+    await store.update_holdings("a1", replace=True, removed=[],
+                                added=[Holding("u.iso", ISO), Holding("other/name.bin", ISO)])
+    await store.update_holdings("a2", replace=True, removed=[],
+                                added=[Holding("d/u.iso", ISO), Holding("t.tar", TAR)])
+    await store.update_holdings("a3", replace=True, removed=[], added=[Holding("u.iso", iso2)])
+    await store.update_holdings("old", replace=True, removed=[], added=[
+        Holding(f"{d}/u.iso", gone) for d in "xyz"])
+    m_tar = MirrorRecord("http://m/u.iso", "u.iso", TAR.sha256, 0)  # mirror-only by this name
+    m_iso = MirrorRecord("http://m/any", "any", ISO.sha256, ISO.size)
+    await store.put_mirror(m_tar)
+    await store.put_mirror(m_iso)
+    clock.advance(10)
+
+    located, mirrors = await store.locate_name("u.iso", 8)
+    # Every live holding of the chosen contents, whatever the path; ordered (agent, path).
+    assert [(x.agent_id, x.holding.path, x.holding.identity) for x in located] == [
+        ("a1", "other/name.bin", ISO), ("a1", "u.iso", ISO), ("a2", "d/u.iso", ISO),
+        ("a2", "t.tar", TAR), ("a3", "u.iso", iso2)]
+    assert located[0].base_url == "http://a1:1"
+    assert mirrors == [m_iso, m_tar]
+    # The cap keeps the most held: ISO (2), then iso2 (1), then TAR (0, mirror only).
+    top1, top1_mirrors = await store.locate_name("u.iso", 1)
+    assert {x.holding.identity for x in top1} == {ISO} and top1_mirrors == [m_iso]
+    top2, _ = await store.locate_name("u.iso", 2)
+    assert {x.holding.identity for x in top2} == {ISO, iso2}
+    # By whole path too; nothing for an unknown name.
+    assert await store.locate_name("d/u.iso", 8) == (
+        [x for x in located if x.holding.identity == ISO], [m_iso])
+    assert await store.locate_name("nothing", 8) == ([], [])
+    assert await store.locate_name("any", 8) == (
+        [x for x in located if x.holding.identity == ISO], [m_iso])
+    # By sha256: holders_of + mirrors_of.
+    assert await store.locate_sha256(ISO.sha256) == (
+        await store.holders_of(ISO.sha256), await store.mirrors_of(ISO.sha256))
+    assert await store.locate_sha256(gone.sha256) == ([], []), "lapsed holders are hidden"
+    assert await store.locate_sha256(TAR.sha256) == (
+        [x for x in located if x.holding.identity == TAR], [m_tar])
+
+
 async def test_redis_leases_follow_redis_time(redis_url: str) -> None:
     """With redis_time (the default), Redis's TIME, not the tracker's clock, ends a lease."""
     import time

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import ConfigError
 from common.identity import Identity
-from tracker.store import AgentInfo, ContentInfo, Holding, Located, MirrorRecord, Overview
+from tracker.store import AgentInfo, ContentInfo, Found, Holding, Located, MirrorRecord, Overview
 
 SCHEME = "redis://"
 
@@ -150,6 +150,62 @@ for _, member in ipairs(redis.call('SMEMBERS', P .. ARGV[3])) do
   end
 end
 return out
+"""
+
+# Locate in one script (Store.locate_name / locate_sha256).
+# ARGV: prefix, now, name or '' , max_contents, sha_hex (when name is '')
+#   -> {flat [agent, base_url, path, value, ...] of live holdings, flat [url, value, ...]}
+_LOCATE_ALL = _NOW + """
+local shas = {}
+if ARGV[3] == '' then
+  shas[1] = ARGV[5]
+else
+  local count = {}
+  for _, member in ipairs(redis.call('SMEMBERS', P .. 'name:' .. ARGV[3])) do
+    local sep = string.find(member, '\\0', 1, true)
+    local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+    if live(agent) then
+      local v = redis.call('HGET', P .. 'held:' .. agent, path)
+      if v then
+        local sha = string.sub(v, 1, 64)
+        count[sha] = (count[sha] or 0) + 1
+      end
+    end
+  end
+  for _, url in ipairs(redis.call('SMEMBERS', P .. 'mname:' .. ARGV[3])) do
+    local v = redis.call('HGET', P .. 'mirrors', url)
+    if v then
+      local sha = string.match(v, '^(%x+)|')
+      count[sha] = count[sha] or 0
+    end
+  end
+  for sha in pairs(count) do shas[#shas + 1] = sha end
+  table.sort(shas, function(a, b)
+    if count[a] ~= count[b] then return count[a] > count[b] end
+    return a < b
+  end)
+  for i = #shas, tonumber(ARGV[4]) + 1, -1 do shas[i] = nil end
+end
+local holdings, mirrors = {}, {}
+for _, sha in ipairs(shas) do
+  for _, member in ipairs(redis.call('SMEMBERS', P .. 'sha:' .. sha)) do
+    local sep = string.find(member, '\\0', 1, true)
+    local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+    if live(agent) then
+      local v = redis.call('HGET', P .. 'held:' .. agent, path)
+      local base = redis.call('HGET', P .. 'agent:' .. agent, 'base_url')
+      if v and base then
+        holdings[#holdings + 1] = agent; holdings[#holdings + 1] = base
+        holdings[#holdings + 1] = path; holdings[#holdings + 1] = v
+      end
+    end
+  end
+  for _, url in ipairs(redis.call('SMEMBERS', P .. 'msha:' .. sha)) do
+    local v = redis.call('HGET', P .. 'mirrors', url)
+    if v then mirrors[#mirrors + 1] = url; mirrors[#mirrors + 1] = v end
+  end
+end
+return {holdings, mirrors}
 """
 
 # ARGV: prefix, now, url, value ("SHA_HEX|SIZE|NAME") or '' to remove -> 1 if one was there
@@ -302,6 +358,25 @@ def _holding(path: str, value: bytes) -> Holding:
                                   bytes.fromhex(root)), bytes.fromhex(have[0]) if have else b"")
 
 
+def _flat_located(flat: list[bytes]) -> list[Located]:
+    """[agent, base_url, path, value, ...] as Located, ordered by (agent_id, path)."""
+    found = [Located(flat[i].decode(), flat[i + 1].decode(),
+                     _holding(flat[i + 2].decode(), flat[i + 3]))
+             for i in range(0, len(flat), 4)]
+    found.sort(key=lambda x: (x.agent_id, x.holding.path))
+    return found
+
+
+def _flat_mirrors(flat: list[bytes]) -> list[MirrorRecord]:
+    """[url, "SHA_HEX|SIZE|NAME", ...] as MirrorRecords, ordered by URL."""
+    out = []
+    for i in range(0, len(flat), 2):
+        sha, size, name = flat[i + 1].decode().split("|", 2)
+        out.append(MirrorRecord(flat[i].decode(), name, bytes.fromhex(sha), int(size)))
+    out.sort(key=lambda m: m.url)
+    return out
+
+
 class RedisStore:
     """A :class:`tracker.store.Store` in Redis. Open with :meth:`open`."""
 
@@ -321,6 +396,7 @@ class RedisStore:
         self._locate, self._put_mirror, self._mirrors = (
             reg(_LOCATE), reg(_PUT_MIRROR), reg(_MIRRORS))
         self._overview, self._contents = reg(_OVERVIEW), reg(_CONTENTS)
+        self._locate_all = reg(_LOCATE_ALL)
 
     @classmethod
     async def open(cls, url: str, clock: Callable[[], float] = time.time, *,
@@ -387,12 +463,15 @@ class RedisStore:
         return await self._located("sha:" + sha256.hex())
 
     async def _located(self, key: str) -> list[Located]:
-        flat = await self._call(self._locate, key)
-        found = [Located(flat[i].decode(), flat[i + 1].decode(),
-                         _holding(flat[i + 2].decode(), flat[i + 3]))
-                 for i in range(0, len(flat), 4)]
-        found.sort(key=lambda x: (x.agent_id, x.holding.path))
-        return found
+        return _flat_located(await self._call(self._locate, key))
+
+    async def locate_name(self, name: str, max_contents: int) -> Found:
+        holdings, mirrors = await self._call(self._locate_all, name, max_contents)
+        return _flat_located(holdings), _flat_mirrors(mirrors)
+
+    async def locate_sha256(self, sha256: bytes) -> Found:
+        holdings, mirrors = await self._call(self._locate_all, "", 1, sha256.hex())
+        return _flat_located(holdings), _flat_mirrors(mirrors)
 
     # --- mirrors --------------------------------------------------------------------------
 
@@ -413,13 +492,7 @@ class RedisStore:
         return await self._mirror_list("msha:" + sha256.hex())
 
     async def _mirror_list(self, key: str) -> list[MirrorRecord]:
-        flat = await self._call(self._mirrors, key)
-        out = []
-        for i in range(0, len(flat), 2):
-            sha, size, name = flat[i + 1].decode().split("|", 2)
-            out.append(MirrorRecord(flat[i].decode(), name, bytes.fromhex(sha), int(size)))
-        out.sort(key=lambda m: m.url)
-        return out
+        return _flat_mirrors(await self._call(self._mirrors, key))
 
     # --- overview (status page, metrics) ----------------------------------------------
 

@@ -23,7 +23,6 @@ import functools
 import logging
 import posixpath
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,7 +33,7 @@ from common.api import tracker_pb2 as pb
 from common.api import tracker_pb2_grpc as pb_grpc
 from common.identity import Identity
 from tracker import candidates, validate
-from tracker.store import Holding, Located, MirrorRecord, Store
+from tracker.store import Holding, MirrorRecord, Store
 from tracker.validate import Invalid
 
 if TYPE_CHECKING:
@@ -178,21 +177,16 @@ class TrackerServicer(pb_grpc.TrackerServicer):
         key = request.WhichOneof("key")
         if key == "name":
             name = validate.name(request.name)
-            found = await self._store.holdings_named(name)
-            named_mirrors = await self._store.mirrors_named(name)
             # Every live holder of a content the name resolves to is a source,
             # whatever it calls the file. Only the most held contents are looked
             # up (and answered): a name flooded with thousands of contents costs
-            # MAX_CANDIDATES lookups, not thousands.
-            held = Counter(f.holding.identity.sha256 for f in found)
-            held.update({m.sha256: 0 for m in named_mirrors})
-            shas = sorted(held, key=lambda s: (-held[s], s))[:candidates.MAX_CANDIDATES]
-            located, mirrors = await self._by_sha256(shas)
+            # MAX_CANDIDATES lookups, not thousands. One store call does it all.
+            located, mirrors = await self._store.locate_name(name, candidates.MAX_CANDIDATES)
             result = candidates.build(located, mirrors, posixpath.basename(name))
             what = f"name {name!r}"
         elif key == "sha256":
             sha = validate.digest(request.sha256)
-            located, mirrors = await self._by_sha256([sha])
+            located, mirrors = await self._store.locate_sha256(sha)
             result = candidates.build(located, mirrors)
             what = f"sha256 {sha.hex()}"
         else:
@@ -200,14 +194,6 @@ class TrackerServicer(pb_grpc.TrackerServicer):
         if not result:
             raise _Abort(grpc.StatusCode.NOT_FOUND, f"no live source has {what}")
         return pb.LocateReply(candidates=result)
-
-    async def _by_sha256(self, shas: list[bytes]) -> tuple[list[Located], list[MirrorRecord]]:
-        located: list[Located] = []
-        mirrors: list[MirrorRecord] = []
-        for sha in shas:
-            located += await self._store.holders_of(sha)
-            mirrors += await self._store.mirrors_of(sha)
-        return located, mirrors
 
     @_rpc
     async def AddMirror(self, request: pb.AddMirrorRequest,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from common.identity import Identity
-from tracker.store import AgentInfo, ContentInfo, Holding, Located, MirrorRecord, Overview
+from tracker.store import AgentInfo, ContentInfo, Found, Holding, Located, MirrorRecord, Overview
 
 T = TypeVar("T")
 
@@ -56,6 +56,20 @@ SELECT a.agent_id, a.base_url, h.path, h.size, h.sha256, h.piece_size, h.root, h
 FROM holdings h JOIN agents a ON a.agent_id = h.agent_id
 WHERE a.expires_at > ? AND ({where})
 ORDER BY a.agent_id, h.path
+"""
+
+# The contents a name resolves to, most live holdings of that name first, mirror-only
+# ones counting 0 (the ranking Store.locate_name documents). Args: now, name, name
+# (whole path), name (mirror), limit.
+_RANKED = """
+SELECT sha256 FROM (
+    SELECT h.sha256 AS sha256, COUNT(*) AS n
+    FROM holdings h JOIN agents a ON a.agent_id = h.agent_id
+    WHERE a.expires_at > ? AND (h.name = ? OR h.path = ?)
+    GROUP BY h.sha256
+    UNION ALL
+    SELECT sha256, 0 FROM mirrors WHERE name = ?
+) GROUP BY sha256 ORDER BY SUM(n) DESC, sha256 LIMIT ?
 """
 
 
@@ -183,12 +197,35 @@ class SqliteStore:
 
     async def _located(self, where: str, *args: Any) -> list[Located]:
         def do() -> list[Located]:
-            cur = self._conn().execute(_LOCATED.format(where=where), (self._clock(), *args))
-            return [Located(agent_id, base_url,
-                            Holding(path, Identity(size, bytes(sha), piece_size, bytes(root)),
-                                    bytes(have)))
-                    for agent_id, base_url, path, size, sha, piece_size, root, have in cur]
+            return _rows_located(self._conn().execute(_LOCATED.format(where=where),
+                                                      (self._clock(), *args)))
         return await self._run(do)
+
+    # --- locate: the whole lookup in one trip to the worker thread ------------------------
+    # (each trip costs the event loop a wake-up and the thread a GIL hand-off; a Locate
+    # used to make four)
+
+    async def locate_name(self, name: str, max_contents: int) -> Found:
+        def do() -> Found:
+            db = self._conn()
+            shas = [sha for (sha,) in db.execute(
+                _RANKED, (self._clock(), name, name, name, max_contents))]
+            return self._of(db, shas)
+        return await self._run(do)
+
+    async def locate_sha256(self, sha256: bytes) -> Found:
+        return await self._run(lambda: self._of(self._conn(), [sha256]))
+
+    def _of(self, db: sqlite3.Connection, shas: list[bytes]) -> Found:
+        if not shas:
+            return [], []
+        marks = ",".join("?" * len(shas))
+        located = _rows_located(db.execute(_LOCATED.format(where=f"h.sha256 IN ({marks})"),
+                                           (self._clock(), *shas)))
+        mirrors = [MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in
+                   db.execute("SELECT url, name, sha256, size FROM mirrors "
+                              f"WHERE sha256 IN ({marks}) ORDER BY url", shas)]
+        return located, mirrors
 
     # --- mirrors --------------------------------------------------------------------------
 
@@ -277,6 +314,13 @@ class SqliteStore:
             await self._run(do)
         finally:
             self._pool.shutdown(wait=True)
+
+
+def _rows_located(rows: Iterable[tuple[Any, ...]]) -> list[Located]:
+    return [Located(agent_id, base_url,
+                    Holding(path, Identity(size, bytes(sha), piece_size, bytes(root)),
+                            bytes(have)))
+            for agent_id, base_url, path, size, sha, piece_size, root, have in rows]
 
 
 class _transaction:

@@ -100,6 +100,10 @@ class Overview:
     mirror_list: tuple[MirrorRecord, ...] = ()
 
 
+Found = tuple[list[Located], list[MirrorRecord]]
+"""What a locate finds: live holdings, and mirrors."""
+
+
 class Store(Protocol):
     """What the tracker needs from its storage. Every method may raise OSError-like
     backend errors (sqlite3.Error, redis errors); the servicer reports those as INTERNAL."""
@@ -133,6 +137,20 @@ class Store(Protocol):
 
     async def holders_of(self, sha256: bytes) -> list[Located]:
         """Live holdings whose content has this whole-file SHA-256."""
+        ...
+
+    async def locate_name(self, name: str, max_contents: int) -> Found:
+        """Everything a Locate by name needs, in one call: the contents `name` resolves
+        to (the sha256 of live holdings whose basename or whole path is `name`, and of
+        mirrors named `name`), at most `max_contents` of them, those with the most such
+        live holdings first (mirror-only contents count 0; ties by sha256); then every
+        live holding of those contents, whatever its path, ordered by (agent_id, path),
+        and every mirror of them, ordered by URL."""
+        ...
+
+    async def locate_sha256(self, sha256: bytes) -> Found:
+        """Every live holding of this content, ordered by (agent_id, path), and its
+        mirrors, ordered by URL: holders_of and mirrors_of in one call."""
         ...
 
     async def put_mirror(self, mirror: MirrorRecord) -> None:
