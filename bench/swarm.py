@@ -277,8 +277,8 @@ def fmt(size: int, rate_mbit: float, hosts: int, results: list[RunResult]) -> st
     lines = [
         "# Swarm benchmark (`make bench-swarm`, bench/swarm.py)",
         "",
-        (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores "
-         "(shared with other work while it ran)."),
+        (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+         f"load average {os.getloadavg()[0]:.1f} at the end of the run."),
         (f"One origin and {hosts} fetching hosts in network namespaces on one bridge, every "
          f"host's uplink shaped to {rate_mbit:g} Mbit/s (tc tbf), downlinks unshaped; a "
          f"{size / mib:.0f} MiB random file; all fetchers spawned at the same moment."),
