@@ -148,14 +148,15 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     cache = HashCache(state_dir, config.hash_workers)
     inventory = Inventory(config.dir, cache, exclude=state_dir,
                           settle_seconds=config.settle_seconds)
+    http_token, link = config.resolved_http_token(), config.tracker_link()  # files read once
     limits = Limits(parse_rate(config.upload_rate), config.max_client_connections)
     swarm = Swarm(config.dir, exclude=state_dir, announce_seconds=config.swarm_announce_seconds)
-    app = make_app(inventory, config.resolved_http_token(), limits=limits,
+    app = make_app(inventory, http_token, limits=limits,
                    status_public=config.status_public, swarm=swarm)
     app[AGENT_ID] = agent_id
     downloads = Downloads(config.dir, config.tracker,
                           state_file=os.path.join(state_dir, "fetches.json"),
-                          link=config.tracker_link(), agent_token=config.resolved_http_token())
+                          link=link, agent_token=http_token)
     downloads.shared = lambda name: inventory.entry(name) is not None
     names = [urlsplit(config.advertise).hostname or ""] if config.advertise else []
     add_routes(app, downloads, parse_allow(config.fetch_allow), names)
@@ -176,12 +177,12 @@ async def start(config: AgentConfig, *, tracker: TrackerApi | None = None,
     reporter = None
     if report:
         if tracker is None:
-            tracker = owned = TrackerClient(config.tracker, link=config.tracker_link())
+            tracker = owned = TrackerClient(config.tracker, link=link)
         reporter = Reporter(tracker, agent_id, base_url, inventory.snapshot,
                             partials=swarm.snapshot)
         inventory.on_change = reporter.notify
         swarm.on_change = reporter.notify_partial
-    observer = runner.app[OBSERVER]
+    observer = app[OBSERVER]
     observer.info.update(agent_id=agent_id, base_url=base_url,
                          tracker=config.tracker if report else None)
     if reporter is not None:
