@@ -21,7 +21,7 @@ DEFAULT_LISTEN = "0.0.0.0:7070"
 
 
 @dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(security.TrackerLinkSettings):
     """Everything `agent serve` needs.
 
     dir             the directory served read-only (required)
@@ -64,12 +64,6 @@ class AgentConfig:
     hash_workers: int = 2
     rescan_seconds: float = 5.0
     settle_seconds: float = 2.0
-    tracker_tls: bool = False
-    tracker_ca: str | None = None
-    tracker_cert: str | None = None
-    tracker_key: str | None = None
-    tracker_token: str | None = field(default=None, repr=False)
-    tracker_token_file: str | None = None
     http_token: str | None = field(default=None, repr=False)
     http_token_file: str | None = None
     status_public: bool = False
@@ -108,10 +102,6 @@ class AgentConfig:
         self.tracker_link()  # certificate and token files are checked now
         self.resolved_http_token()
         return self
-
-    def tracker_link(self) -> security.TrackerLink:
-        """TLS and token for the tracker; raises ConfigError for a bad file or token."""
-        return security.link_from(self, "tracker_token")
 
     def resolved_http_token(self) -> str | None:
         """The token HTTP clients must send for data, None if open; raises ConfigError."""

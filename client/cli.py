@@ -237,7 +237,7 @@ async def _main(args: argparse.Namespace) -> int:
             else:
                 from common.tracker_client import TrackerClient  # grpc: only for a NAME
 
-                link = security.link_from(cfg, "tracker_token")
+                link = cfg.tracker_link()
                 async with TrackerClient(cfg.tracker, link=link) as tracker:
                     plan = await plan_from_tracker(http, tracker, args.targets[0], sha256)
             out = output_path(args.output, plan, args.force)
@@ -350,7 +350,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
         from client.swarm import SwarmLink
 
         swarm = SwarmLink(cfg.agent, plan, cfg.tracker, http,
-                          link=security.link_from(cfg, "tracker_token"))
+                          link=cfg.tracker_link())
         # Quietly no swarming when nobody asked for it and no agent runs here.
         if await swarm.register(store, quiet=cfg.agent == client_config.DEFAULT_AGENT):
             if not quiet:  # peers on the LAN will see it: say so

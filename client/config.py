@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from client.scheduler import SchedulerConfig
 from common.config import build, env_layer, load_yaml
 from common.ratelimit import TokenBucket, parse_rate
+from common.security import TrackerLinkSettings
 
 DEFAULT_AGENT = "http://127.0.0.1:7070"
 NO_AGENT = "off"  # agent: off: no swarming through a local agent, no --background
 
 
 @dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(TrackerLinkSettings):
     tracker: str = "127.0.0.1:7700"
     connections: int = 2  # to start with, per source
     max_connections_per_source: int = 6  # the most to one source (URL)
@@ -31,14 +32,8 @@ class ClientConfig:
     user_agent: str = "mfetch/0.1"
     proxy: str = ""  # http://, https://, socks4:// or socks5:// (environment proxies are ignored)
     cacert: str = ""  # a CA bundle to trust besides the system's
-    # The tracker over TLS (and mutual TLS), its client token; the agents' HTTP token,
-    # sent only to the agents the tracker names (client/http.py). Tokens: value or file.
-    tracker_tls: bool = False
-    tracker_ca: str | None = None
-    tracker_cert: str | None = None
-    tracker_key: str | None = None
-    tracker_token: str | None = field(default=None, repr=False)
-    tracker_token_file: str | None = None
+    # The agents' HTTP token, sent only to the agents the tracker names (client/http.py);
+    # the tracker's TLS and client token come from TrackerLinkSettings.
     agent_token: str | None = field(default=None, repr=False)
     agent_token_file: str | None = None
 

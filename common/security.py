@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
@@ -212,3 +212,21 @@ def link_from(settings: Any, what: str = "tracker_token") -> TrackerLink:
     return TrackerLink(bool(settings.tracker_tls), settings.tracker_ca or None,
                        settings.tracker_cert or None, settings.tracker_key or None,
                        token).checked()
+
+
+@dataclass(frozen=True)
+class TrackerLinkSettings:
+    """The settings every role that calls the tracker has (the agent, mfetch): TLS to
+    it (system roots, or this CA bundle), a client certificate and key for a tracker
+    that requires mutual TLS, and the token to send (its value or a file holding it)."""
+
+    tracker_tls: bool = False
+    tracker_ca: str | None = None
+    tracker_cert: str | None = None
+    tracker_key: str | None = None
+    tracker_token: str | None = field(default=None, repr=False)
+    tracker_token_file: str | None = None
+
+    def tracker_link(self) -> TrackerLink:
+        """TLS and token for the tracker; raises ConfigError for a bad file or token."""
+        return link_from(self, "tracker_token")
