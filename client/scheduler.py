@@ -105,6 +105,10 @@ class SchedulerConfig:
     # both copies pass through the same bucket (splitting a range still happens).
     tail_duplicates: bool = True
     swarm_request_pieces: int = 4  # most pieces per request when swarming: news spreads sooner
+    # Most connections to one partial holder. Every fetcher asks every peer, so a peer's
+    # uplink is shared by all their requests; the fewer at once, the sooner each piece is
+    # whole at the fetcher, and only a whole (verified) piece can be passed on.
+    swarm_peer_connections: int = 1
     stripe_patience: float = 2.0  # no piece for this long: ask the origin outside our stripe
     # Only partial holders left and a piece none of them has, for this long: fail
     # (re-locating every second may still bring a holder in before that).
@@ -256,6 +260,7 @@ class Scheduler:
         self._counted: set[int] = set()  # sources whose pieces `avail` counts
         self._orphan_since: float | None = None  # since when a piece has no live holder
         self.stripe: tuple[int, int] | None = None  # (rank, count) among the fetchers
+        self._origin_stripes = 0  # stripes with pieces still only at the origin (as seen here)
         self._last_piece = clock()  # when the last piece was verified (stripe patience)
         self._started = False
         for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
@@ -344,6 +349,8 @@ class Scheduler:
         if not 0 <= rank < count:
             raise ValueError(f"stripe {rank} of {count}")
         self.stripe = (rank, count) if count > 1 else None
+        self._origin_stripes = count
+        self._count_origin_stripes()
 
     def holds(self, source: int, piece: int) -> bool:
         return self.sources[source].holds(piece)
@@ -380,7 +387,7 @@ class Scheduler:
         if conn is None:
             return [CloseConnection(cid)]
         src = self.sources[conn.source]
-        if src.dropped or len(src.conns) > src.target:
+        if src.dropped or len(src.conns) > min(src.target, self._limit(src)):
             return self._close(conn)
         if conn.request is not None:  # the shell lost track; treat as ended
             return self._on_request_ended(conn.request, None) + [Wait(cid)]
@@ -507,6 +514,7 @@ class Scheduler:
                 out += self._on_request_ended(
                     req.id, Fault(FaultKind.TRANSIENT, f"{what} for {limit:g}s")
                 )
+        self._count_origin_stripes()
         for src in self.sources:
             if not src.dropped:
                 out += self._adapt(src, now)
@@ -674,8 +682,9 @@ class Scheduler:
         """Grow a source's connections while each new one raises its throughput."""
         if now < src.blocked_until or not src.ranges:
             return []
+        src.target = min(src.target, self._limit(src))  # a stripe may have come since
         out = self._open_up_to_target(src)
-        if now < src.adapt_at or src.saturated or src.target >= src.max_connections:
+        if now < src.adapt_at or src.saturated or src.target >= self._limit(src):
             return out
         if self._unclaimed_bytes() == 0:
             return out
@@ -804,9 +813,43 @@ class Scheduler:
 
     def _initial_target(self, src: _Source) -> int:
         """Connections to start with: one to a partial holder (a swarm has many peers,
-        most of them with little to give at first; more are added while they help)."""
+        most of them with little to give at first)."""
         first = 1 if src.have is not None else self.cfg.initial_connections
-        return min(first, src.max_connections)
+        return min(first, self._limit(src))
+
+    def _limit(self, src: _Source) -> int:
+        """The most connections `src` may have now. Swarming, a partial holder gets
+        ``swarm_peer_connections``, and a full holder shared by the fetchers of the
+        stripes it still has to send gets its share of ``max_connections_per_source``:
+        the swarm as a whole keeps about as many requests open at the origin as one
+        fetcher would. Each of them then finishes in about a piece's time at the
+        origin's rate divided by the fetchers, instead of five or six times that, and
+        only a finished piece can be relayed: the origin's last pieces, in flight
+        together, were the swarm's tail. As stripes are done, the fetchers of the
+        others may open more, so that the last stripe does not leave the origin idle
+        between the requests of one connection."""
+        cap = src.max_connections
+        if src.have is not None and self.swarm:
+            cap = min(cap, self.cfg.swarm_peer_connections)
+        elif src.have is None and self.stripe is not None:
+            share = max(1, self._origin_stripes)
+            cap = min(cap, max(1, self.cfg.max_connections_per_source // share))
+        return max(1, cap)
+
+    def _count_origin_stripes(self) -> None:
+        """How many stripes still have pieces no live peer has (nor we): their fetchers
+        still ask the origin (news of a piece comes late, so this errs high)."""
+        if self.stripe is None:
+            return
+        full = self._live_full()
+        step, count = self.cfg.swarm_request_pieces, self.stripe[1]
+        busy = set()
+        for p in range(self.pieces):
+            if not self.done[p] and self.avail[p] <= full:
+                busy.add((p // step) % count)
+                if len(busy) == count:
+                    break
+        self._origin_stripes = len(busy)
 
     def _live_full(self) -> int:
         """How many live sources hold every piece."""
