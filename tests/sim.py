@@ -209,6 +209,7 @@ class SwarmResult:
     origin_bytes: int
     peer_bytes: int
     max_conns: list[int]  # the most connections any fetcher had open to one source
+    hashed: list[float]  # when each fetcher's in-order whole-file hash was done
 
     @property
     def last(self) -> float:
@@ -217,7 +218,7 @@ class SwarmResult:
 
 def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: float,
                    uplink: float, push: float = 0.1, poll: float = 0.25,
-                   latency: float = 0.002, stagger: float = 0.0,
+                   latency: float = 0.002, stagger: float = 0.0, hash_rate: float = 0.0,
                    config: SchedulerConfig | None = None,
                    dt: float = 0.005, limit: float = 300.0, seed: int = 1) -> SwarmResult:
     """`fetchers` fetchers start together; each has an uplink of `uplink` bytes/s shared by
@@ -228,7 +229,9 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
     `fetchers`) from then on; the finishing times count from the first start. Node 0
     is the origin; fetcher i is node i + 1, and in fetcher i's scheduler source 0 is
     the origin and source k the node k (its own node is a source that never has a
-    piece). Downlinks are unlimited."""
+    piece). Downlinks are unlimited. With `hash_rate` (bytes/s), each fetcher hashes its
+    file in order as the verified prefix grows, as the fetcher does for the whole-file
+    digest (`hashed`: when that is done)."""
     now = [0.0]
     pieces = -(-size // piece_size)
     rng = random.Random(seed)
@@ -247,6 +250,8 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
     active: dict[tuple[int, int], _Active] = {}  # (fetcher, request) -> its transfer
     sent = [0] * nodes
     most = [0] * fetchers
+    hashed_bytes = [0.0] * fetchers
+    hashed = [math.inf] * fetchers
 
     def run(i: int, actions: list[ev.Action]) -> None:
         for a in actions:
@@ -270,7 +275,7 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
         s._drop(i + 1, "ourselves")  # fetcher i is not a source of its own download
     started = [False] * fetchers
     next_push = next_poll = next_tick = 0.0
-    while now[0] < limit and not all(f < math.inf for f in finish):
+    while now[0] < limit and not all(h < math.inf for h in (hashed if hash_rate else finish)):
         t = now[0]
         for i, s in enumerate(scheds):
             if not started[i] and t >= i * stagger:
@@ -318,6 +323,13 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
                     del active[i, rid]
                     idle[i].add(act.fetch.conn)
                     run(i, s.handle(ev.RequestEnded(rid)))
+        for i, s in enumerate(scheds):
+            if hash_rate and hashed[i] == math.inf:
+                prefix = s.done.find(0)
+                top = size if prefix < 0 else prefix * piece_size
+                hashed_bytes[i] = min(top, hashed_bytes[i] + hash_rate * dt)
+                if hashed_bytes[i] >= size:
+                    hashed[i] = t
         if t >= next_push:
             for i, s in enumerate(scheds):
                 agent_view[i] = bytearray(s.done)
@@ -334,4 +346,4 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
                     run(i, s.handle(ev.Tick()))
             next_tick = t + 0.1
         now[0] = t + dt
-    return SwarmResult(finish, sent[0], sum(sent[1:]), most)
+    return SwarmResult(finish, sent[0], sum(sent[1:]), most, hashed)
