@@ -210,6 +210,7 @@ class SwarmResult:
     peer_bytes: int
     max_conns: list[int]  # the most connections any fetcher had open to one source
     hashed: list[float]  # when each fetcher's in-order whole-file hash was done
+    origin_done: float  # when the origin sent its last byte
 
     @property
     def last(self) -> float:
@@ -252,6 +253,7 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
     most = [0] * fetchers
     hashed_bytes = [0.0] * fetchers
     hashed = [math.inf] * fetchers
+    origin_done = 0.0
 
     def run(i: int, actions: list[ev.Action]) -> None:
         for a in actions:
@@ -316,6 +318,8 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
                     act.pos += step
                     n -= step
                     sent[node] += step
+                    if node == 0:
+                        origin_done = t
                     run(i, s.handle(ev.BytesReceived(rid, step)))
                     if act.pos == min((piece + 1) * piece_size, size) and (i, rid) in active:
                         run(i, s.handle(ev.PieceDone(rid, piece)))
@@ -346,4 +350,4 @@ def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: fl
                     run(i, s.handle(ev.Tick()))
             next_tick = t + 0.1
         now[0] = t + dt
-    return SwarmResult(finish, sent[0], sum(sent[1:]), most, hashed)
+    return SwarmResult(finish, sent[0], sum(sent[1:]), most, hashed, origin_done)

@@ -185,6 +185,8 @@ def test_a_swarm_of_eight_finishes_soon_after_the_origin_has_sent_the_file() -> 
     r = simulate_swarm(size, PIECE, 8, origin_rate=rate, uplink=rate, hash_rate=70e6)
     ideal = size / rate
     assert r.last <= 1.2 * ideal, f"last finished at {r.last:.2f}s, ideal {ideal:.2f}s"
+    tail = r.last - r.origin_done  # 2.07 s before, 0.85 s now
+    assert tail <= 1.2, f"the last finished {tail:.2f}s after the origin's last byte"
     assert r.origin_bytes <= 1.05 * size
     assert max(r.max_conns) <= 2, r.max_conns
     # The whole-file hash reads the file in order as the verified prefix grows. With
