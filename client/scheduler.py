@@ -40,14 +40,20 @@ answers with actions, and never touches a socket, a file or the real clock
   and when no piece has arrived for ``stripe_patience`` (a peer that is alive
   but stuck), these rules give way until one does.
   Requests are at most ``swarm_request_pieces`` pieces, so verified pieces (and
-  the news of them) reach the peers sooner.
+  the news of them) reach the peers sooner; and for the same reason there is
+  one connection per partial holder (``swarm_peer_connections``) and the
+  origin's connections are shared among the fetchers (see ``_limit``): a piece
+  can be passed on only once it is whole, and an uplink split among many
+  requests makes each of them slow to finish.
 - Stripes: fetchers cannot see each other's requests in flight, only verified
   pieces, so two of them may ask the origin for the same piece at once. With
   :meth:`Scheduler.set_stripe` (this fetcher is number ``rank`` of ``count``
   fetchers sharing the content, an order every one of them computes alike from
   the tracker's answer), a full holder is asked only for the blocks of
-  ``swarm_request_pieces`` pieces in this fetcher's stripe; the other stripes
-  come from their fetchers through the peers. Only when no piece has arrived
+  ``swarm_request_pieces`` pieces in this fetcher's stripe, lowest first (so
+  the swarm gets the file roughly in order, as the whole-file hash reads it);
+  the other stripes come from their fetchers through the peers. Only when no
+  piece has arrived
   for ``stripe_patience`` (a stripe's fetcher stalled or left) is the origin
   asked for the other stripes too.
 """
