@@ -53,9 +53,8 @@ answers with actions, and never touches a socket, a file or the real clock
   ``swarm_request_pieces`` pieces in this fetcher's stripe, lowest first (so
   the swarm gets the file roughly in order, as the whole-file hash reads it);
   the other stripes come from their fetchers through the peers. Only when no
-  piece has arrived
-  for ``stripe_patience`` (a stripe's fetcher stalled or left) is the origin
-  asked for the other stripes too.
+  piece has arrived for ``stripe_patience`` (a stripe's fetcher stalled or
+  left) is the origin asked for the other stripes too.
 """
 from __future__ import annotations
 
@@ -850,8 +849,8 @@ class Scheduler:
         return max(1, cap)
 
     def _count_origin_stripes(self) -> None:
-        """How many stripes still have pieces no live peer has (nor we): their fetchers
-        still ask the origin (news of a piece comes late, so this errs high)."""
+        """Count the stripes that still have pieces no live peer has (nor we): their
+        fetchers still ask the origin (news of a piece comes late, so this errs high)."""
         if self.stripe is None:
             return
         full = self._live_full()
