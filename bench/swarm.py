@@ -51,6 +51,22 @@ TRACKER = f"{NET}.254:7700"
 BIN = REPO / ".venv" / "bin"
 NAME = "swarm.bin"
 VERBOSE: list[str] = []  # ["-v"] to log every request into mfetchN.err
+TIMELINE = 0.0  # seconds between samples of every port's bytes (0: none); --timeline
+
+# Runs in the hub: every TIMELINE seconds a line "monotonic-time rx(p0) tx(p0) rx(p1) ...".
+# A bridge port's rx is what its host sent, its tx what the host received; p0 is the
+# origin, p<i+1> fetcher i. One small process, so the sampling costs little CPU.
+SAMPLER = """\
+import sys, time
+ports, step = sys.argv[2:], float(sys.argv[1])
+def rd(p, d):
+    with open(f"/sys/class/net/{p}/statistics/{d}_bytes") as f:
+        return f.read().strip()
+while True:
+    print(f"{time.monotonic():.3f}", *(rd(p, d) for p in ports for d in ("rx", "tx")),
+          flush=True)
+    time.sleep(step)
+"""
 
 sh, ns_exec, log, tbf = benchrun.sh, benchrun.ns_exec, benchrun.log, benchrun.tbf
 
@@ -223,7 +239,14 @@ def one_run(label: str, fetchers: int, swarm: bool, rate_bits: float, data: Path
         tx0 = tx_bytes(ORIGIN)
         procs: list[tuple[int, subprocess.Popen, Path]] = []
         ends: dict[int, float] = {}
+        sampler = None
+        if TIMELINE:
+            sampler = Server(HUB, [str(BIN / "python"), "-c", SAMPLER, str(TIMELINE),
+                                   *(f"p{i}" for i in range(fetchers + 1))],
+                             run_dir / "timeline.txt")
+            servers.append(sampler)
         t0 = time.monotonic()
+        (run_dir / "t0.txt").write_text(f"{t0:.3f}\n")  # the spawn, on the sampler's clock
         for i in range(fetchers):
             argv = [str(BIN / "mfetch"), NAME, "--tracker", TRACKER, "-o",
                     str(run_dir / f"h{i}" / NAME), "--json", *VERBOSE]
@@ -328,11 +351,16 @@ def main() -> int:
     ap.add_argument("--runs", default="on,off,alone", help="which runs, in order")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--out", default=str(HERE / "SWARM-RESULTS.md"))
+    ap.add_argument("--timeline", type=float, default=0.0, metavar="SECONDS",
+                    help="sample every port's bytes this often into "
+                         "bench/work-swarm/RUN/timeline.txt (spawn time in t0.txt)")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="mfetch -v: every request logged in bench/work-swarm/RUN/mfetchN.err")
     args = ap.parse_args()
     if args.verbose:
         VERBOSE.append("-v")
+    global TIMELINE
+    TIMELINE = args.timeline
     if os.geteuid() != 0:
         log("bench/swarm.py must run as root (network namespaces)")
         return 2

@@ -40,16 +40,21 @@ answers with actions, and never touches a socket, a file or the real clock
   and when no piece has arrived for ``stripe_patience`` (a peer that is alive
   but stuck), these rules give way until one does.
   Requests are at most ``swarm_request_pieces`` pieces, so verified pieces (and
-  the news of them) reach the peers sooner.
+  the news of them) reach the peers sooner; and for the same reason there is
+  one connection per partial holder (``swarm_peer_connections``) and the
+  origin's connections are shared among the fetchers (see ``_limit``): a piece
+  can be passed on only once it is whole, and an uplink split among many
+  requests makes each of them slow to finish.
 - Stripes: fetchers cannot see each other's requests in flight, only verified
   pieces, so two of them may ask the origin for the same piece at once. With
   :meth:`Scheduler.set_stripe` (this fetcher is number ``rank`` of ``count``
   fetchers sharing the content, an order every one of them computes alike from
   the tracker's answer), a full holder is asked only for the blocks of
-  ``swarm_request_pieces`` pieces in this fetcher's stripe; the other stripes
-  come from their fetchers through the peers. Only when no piece has arrived
-  for ``stripe_patience`` (a stripe's fetcher stalled or left) is the origin
-  asked for the other stripes too.
+  ``swarm_request_pieces`` pieces in this fetcher's stripe, lowest first (so
+  the swarm gets the file roughly in order, as the whole-file hash reads it);
+  the other stripes come from their fetchers through the peers. Only when no
+  piece has arrived for ``stripe_patience`` (a stripe's fetcher stalled or
+  left) is the origin asked for the other stripes too.
 """
 from __future__ import annotations
 
@@ -105,6 +110,10 @@ class SchedulerConfig:
     # both copies pass through the same bucket (splitting a range still happens).
     tail_duplicates: bool = True
     swarm_request_pieces: int = 4  # most pieces per request when swarming: news spreads sooner
+    # Most connections to one partial holder. Every fetcher asks every peer, so a peer's
+    # uplink is shared by all their requests; the fewer at once, the sooner each piece is
+    # whole at the fetcher, and only a whole (verified) piece can be passed on.
+    swarm_peer_connections: int = 1
     stripe_patience: float = 2.0  # no piece for this long: ask the origin outside our stripe
     # Only partial holders left and a piece none of them has, for this long: fail
     # (re-locating every second may still bring a holder in before that).
@@ -256,6 +265,7 @@ class Scheduler:
         self._counted: set[int] = set()  # sources whose pieces `avail` counts
         self._orphan_since: float | None = None  # since when a piece has no live holder
         self.stripe: tuple[int, int] | None = None  # (rank, count) among the fetchers
+        self._origin_stripes = 0  # stripes with pieces still only at the origin (as seen here)
         self._last_piece = clock()  # when the last piece was verified (stripe patience)
         self._started = False
         for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
@@ -344,6 +354,8 @@ class Scheduler:
         if not 0 <= rank < count:
             raise ValueError(f"stripe {rank} of {count}")
         self.stripe = (rank, count) if count > 1 else None
+        self._origin_stripes = count
+        self._count_origin_stripes()
 
     def holds(self, source: int, piece: int) -> bool:
         return self.sources[source].holds(piece)
@@ -380,7 +392,7 @@ class Scheduler:
         if conn is None:
             return [CloseConnection(cid)]
         src = self.sources[conn.source]
-        if src.dropped or len(src.conns) > src.target:
+        if src.dropped or len(src.conns) > min(src.target, self._limit(src)):
             return self._close(conn)
         if conn.request is not None:  # the shell lost track; treat as ended
             return self._on_request_ended(conn.request, None) + [Wait(cid)]
@@ -507,6 +519,7 @@ class Scheduler:
                 out += self._on_request_ended(
                     req.id, Fault(FaultKind.TRANSIENT, f"{what} for {limit:g}s")
                 )
+        self._count_origin_stripes()
         for src in self.sources:
             if not src.dropped:
                 out += self._adapt(src, now)
@@ -595,10 +608,17 @@ class Scheduler:
 
     def _rarest(self, src: _Source) -> tuple[int, int] | None:
         """An unclaimed piece `src` holds that the fewest live sources hold (random
-        among equals), and that count; None if `src` holds no unclaimed piece."""
+        among equals), and that count; None if `src` holds no unclaimed piece.
+
+        From a full holder with a stripe, the lowest such piece: every fetcher then
+        takes its stripe from the origin in file order, so the swarm gets the file
+        roughly in order and the whole-file hash, which must read it in order, keeps
+        up instead of reading most of the file after the last piece (in random order,
+        1 to 6 s from the last piece to the digest in a bench-swarm run at load 9)."""
         best, best_avail, ties = None, 0, 0
         done, owner, avail = self.done, self.owner, self.avail
         full = self._live_full() if src.have is None and not self._starving() else -1
+        in_order = full >= 0 and self.stripe is not None
         for p in range(self._low, self.pieces):
             if done[p] or owner[p] != NO_OWNER or not src.holds(p):
                 continue
@@ -610,7 +630,7 @@ class Scheduler:
                 continue
             if best is None or a < best_avail:
                 best, best_avail, ties = p, a, 1
-            elif a == best_avail:
+            elif a == best_avail and not in_order:
                 ties += 1
                 if self.rng.randrange(ties) == 0:
                     best = p
@@ -674,8 +694,9 @@ class Scheduler:
         """Grow a source's connections while each new one raises its throughput."""
         if now < src.blocked_until or not src.ranges:
             return []
+        src.target = min(src.target, self._limit(src))  # a stripe may have come since
         out = self._open_up_to_target(src)
-        if now < src.adapt_at or src.saturated or src.target >= src.max_connections:
+        if now < src.adapt_at or src.saturated or src.target >= self._limit(src):
             return out
         if self._unclaimed_bytes() == 0:
             return out
@@ -804,9 +825,43 @@ class Scheduler:
 
     def _initial_target(self, src: _Source) -> int:
         """Connections to start with: one to a partial holder (a swarm has many peers,
-        most of them with little to give at first; more are added while they help)."""
+        most of them with little to give at first)."""
         first = 1 if src.have is not None else self.cfg.initial_connections
-        return min(first, src.max_connections)
+        return min(first, self._limit(src))
+
+    def _limit(self, src: _Source) -> int:
+        """The most connections `src` may have now. Swarming, a partial holder gets
+        ``swarm_peer_connections``, and a full holder shared by the fetchers of the
+        stripes it still has to send gets its share of ``max_connections_per_source``:
+        the swarm as a whole keeps about as many requests open at the origin as one
+        fetcher would. Each of them then finishes in about a piece's time at the
+        origin's rate divided by the fetchers, instead of five or six times that, and
+        only a finished piece can be relayed: the origin's last pieces, in flight
+        together, were the swarm's tail. As stripes are done, the fetchers of the
+        others may open more, so that the last stripe does not leave the origin idle
+        between the requests of one connection."""
+        cap = src.max_connections
+        if src.have is not None and self.swarm:
+            cap = min(cap, self.cfg.swarm_peer_connections)
+        elif src.have is None and self.stripe is not None:
+            share = max(1, self._origin_stripes)
+            cap = min(cap, max(1, self.cfg.max_connections_per_source // share))
+        return max(1, cap)
+
+    def _count_origin_stripes(self) -> None:
+        """Count the stripes that still have pieces no live peer has (nor we): their
+        fetchers still ask the origin (news of a piece comes late, so this errs high)."""
+        if self.stripe is None:
+            return
+        full = self._live_full()
+        step, count = self.cfg.swarm_request_pieces, self.stripe[1]
+        busy = set()
+        for p in range(self.pieces):
+            if not self.done[p] and self.avail[p] <= full:
+                busy.add((p // step) % count)
+                if len(busy) == count:
+                    break
+        self._origin_stripes = len(busy)
 
     def _live_full(self) -> int:
         """How many live sources hold every piece."""

@@ -198,3 +198,156 @@ def _deliver(sched: Scheduler, act: _Active, n: int, size: int, piece_size: int,
         idle.add(act.fetch.conn)
         run(sched.handle(ev.RequestEnded(rid)))
     return bad
+
+
+# ---- a swarm: several fetchers, each a scheduler, feeding each other ---------------
+
+
+@dataclass
+class SwarmResult:
+    finish: list[float]  # each fetcher's finishing time (inf if it did not)
+    origin_bytes: int
+    peer_bytes: int
+    max_conns: list[int]  # the most connections any fetcher had open to one source
+    hashed: list[float]  # when each fetcher's in-order whole-file hash was done
+    origin_done: float  # when the origin sent its last byte
+
+    @property
+    def last(self) -> float:
+        return max(self.finish)
+
+
+def simulate_swarm(size: int, piece_size: int, fetchers: int, *, origin_rate: float,
+                   uplink: float, push: float = 0.1, poll: float = 0.25,
+                   latency: float = 0.002, stagger: float = 0.0, hash_rate: float = 0.0,
+                   config: SchedulerConfig | None = None,
+                   dt: float = 0.005, limit: float = 300.0, seed: int = 1) -> SwarmResult:
+    """`fetchers` fetchers start together; each has an uplink of `uplink` bytes/s shared by
+    every request made to it, as the origin's `origin_rate` is by every request to it.
+    A fetcher's verified pieces reach its agent every `push` s, and each fetcher asks
+    each peer's agent for them every `poll` s (the news a scheduler acts on is that
+    old). Fetcher i starts at i * `stagger` s and knows its stripe (rank i of
+    `fetchers`) from then on; the finishing times count from the first start. Node 0
+    is the origin; fetcher i is node i + 1, and in fetcher i's scheduler source 0 is
+    the origin and source k the node k (its own node is a source that never has a
+    piece). Downlinks are unlimited. With `hash_rate` (bytes/s), each fetcher hashes its
+    file in order as the verified prefix grows, as the fetcher does for the whole-file
+    digest (`hashed`: when that is done)."""
+    now = [0.0]
+    pieces = -(-size // piece_size)
+    rng = random.Random(seed)
+    nodes = fetchers + 1
+    scheds: list[Scheduler] = []
+    for i in range(fetchers):
+        haves: list[bytearray | None] = [None] + [bytearray(pieces) for _ in range(fetchers)]
+        s = Scheduler(pieces, piece_size, size, nodes, config=config, clock=lambda: now[0],
+                      rng=random.Random(rng.random()), haves=haves, rarest_first=True)
+        s.set_stripe(i, fetchers)
+        scheds.append(s)
+    agent_view = [bytearray(pieces) for _ in range(fetchers)]  # what each agent serves
+    finish = [math.inf] * fetchers
+    conn_of: list[dict[int, int]] = [{} for _ in range(fetchers)]  # conn -> source
+    idle: list[set[int]] = [set() for _ in range(fetchers)]
+    active: dict[tuple[int, int], _Active] = {}  # (fetcher, request) -> its transfer
+    sent = [0] * nodes
+    most = [0] * fetchers
+    hashed_bytes = [0.0] * fetchers
+    hashed = [math.inf] * fetchers
+    origin_done = 0.0
+
+    def run(i: int, actions: list[ev.Action]) -> None:
+        for a in actions:
+            match a:
+                case ev.OpenConnection(conn, source):
+                    conn_of[i][conn] = source
+                    idle[i].add(conn)
+                case ev.Fetch():
+                    active[i, a.request] = _Active(a, now[0] + latency, a.first * piece_size)
+                case ev.Cancel(request):
+                    act = active.pop((i, request), None)
+                    if act is not None:
+                        idle[i].add(act.fetch.conn)
+                case ev.CloseConnection(conn):
+                    idle[i].discard(conn)
+                    conn_of[i].pop(conn, None)
+                case ev.Finished():
+                    finish[i] = min(finish[i], now[0])
+
+    for i, s in enumerate(scheds):
+        s._drop(i + 1, "ourselves")  # fetcher i is not a source of its own download
+    started = [False] * fetchers
+    next_push = next_poll = next_tick = 0.0
+    while now[0] < limit and not all(h < math.inf for h in (hashed if hash_rate else finish)):
+        t = now[0]
+        for i, s in enumerate(scheds):
+            if not started[i] and t >= i * stagger:
+                started[i] = True
+                run(i, s.start())
+            for conn in sorted(idle[i]):
+                if conn not in idle[i] or finish[i] < math.inf:
+                    continue
+                actions = s.handle(ev.ConnectionIdle(conn))
+                if any(getattr(a, "conn", None) == conn
+                       and isinstance(a, (ev.Fetch, ev.CloseConnection)) for a in actions):
+                    idle[i].discard(conn)
+                run(i, actions)
+            per_source: dict[int, int] = {}
+            for src in conn_of[i].values():
+                per_source[src] = per_source.get(src, 0) + 1
+            most[i] = max([most[i], *per_source.values()])
+        by_node: dict[int, list[tuple[int, _Active]]] = {}
+        for (i, _), act in active.items():
+            if act.ready_at <= t:
+                by_node.setdefault(act.fetch.source, []).append((i, act))
+        for node, acts in by_node.items():
+            share = (origin_rate if node == 0 else uplink) / len(acts)
+            for i, act in acts:
+                rid = act.fetch.request
+                if (i, rid) not in active:
+                    continue
+                act.carry += share * dt
+                n = int(act.carry)
+                act.carry -= n
+                s = scheds[i]
+                while n > 0 and (i, rid) in active:
+                    end_byte = min(s.request_end(rid) * piece_size, size)
+                    if act.pos >= end_byte:
+                        break
+                    piece = act.pos // piece_size
+                    step = min(n, min((piece + 1) * piece_size, size) - act.pos)
+                    act.pos += step
+                    n -= step
+                    sent[node] += step
+                    if node == 0:
+                        origin_done = t
+                    run(i, s.handle(ev.BytesReceived(rid, step)))
+                    if act.pos == min((piece + 1) * piece_size, size) and (i, rid) in active:
+                        run(i, s.handle(ev.PieceDone(rid, piece)))
+                if (i, rid) in active and act.pos >= min(s.request_end(rid) * piece_size, size):
+                    del active[i, rid]
+                    idle[i].add(act.fetch.conn)
+                    run(i, s.handle(ev.RequestEnded(rid)))
+        for i, s in enumerate(scheds):
+            if hash_rate and hashed[i] == math.inf:
+                prefix = s.done.find(0)
+                top = size if prefix < 0 else prefix * piece_size
+                hashed_bytes[i] = min(top, hashed_bytes[i] + hash_rate * dt)
+                if hashed_bytes[i] >= size:
+                    hashed[i] = t
+        if t >= next_push:
+            for i, s in enumerate(scheds):
+                agent_view[i] = bytearray(s.done)
+            next_push = t + push
+        if t >= next_poll:
+            for i, s in enumerate(scheds):
+                for j in range(fetchers):
+                    if j != i:
+                        s.set_have(j + 1, agent_view[j])
+            next_poll = t + poll
+        if t >= next_tick:
+            for i, s in enumerate(scheds):
+                if started[i]:
+                    run(i, s.handle(ev.Tick()))
+            next_tick = t + 0.1
+        now[0] = t + dt
+    return SwarmResult(finish, sent[0], sum(sent[1:]), most, hashed, origin_done)
