@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.api import tracker_pb2_grpc as pb_grpc
 from common.errors import ConfigError, StorageError
 from tracker import auth
 from tracker.config import TrackerConfig
 from tracker.observe import Observer
 from tracker.redis_store import RedisStore, is_redis_url, redact
-from tracker.service import DecodeErrors, TrackerServicer
+from tracker.service import TrackerHandlers, TrackerServicer
 from tracker.sqlite_store import SqliteStore
 from tracker.store import MirrorRecord, Store
 
@@ -99,15 +98,14 @@ async def start(config: TrackerConfig, store: Store | None = None,
     try:
         for m in config.mirrors:
             await store.put_mirror(MirrorRecord(m.url, m.name, m.sha256, m.size))
-        # TokenCheck first: a caller without the token is refused before anything is decoded.
+        # No interceptors: tokens and decoding are checked in TrackerHandlers, cheaper per call.
         server = grpc.aio.server(options=GRPC_OPTIONS,
-                                 interceptors=[auth.TokenCheck(config.tokens), DecodeErrors()],
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         observer = Observer(store)
-        pb_grpc.add_TrackerServicer_to_server(
-            TrackerServicer(store, lease_seconds=config.lease_seconds,
-                            heartbeat_seconds=config.heartbeat_seconds, clock=clock,
-                            observer=observer), server)
+        servicer = TrackerServicer(store, lease_seconds=config.lease_seconds,
+                                   heartbeat_seconds=config.heartbeat_seconds, clock=clock,
+                                   observer=observer)
+        server.add_generic_rpc_handlers((TrackerHandlers(servicer, config.tokens),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
