@@ -1,8 +1,16 @@
 """The embedded store: one SQLite file (stdlib sqlite3, WAL).
 
-sqlite3 is blocking, so every statement runs on one dedicated worker thread:
-the event loop never waits on the disk, and the single thread serializes
-access to the one connection without locks.
+Writes run on one dedicated worker thread, on the writing connection: sqlite3 is
+blocking, a write may wait for the file's lock (another tracker process on the same
+file) or for the disk, and the single thread serializes them without locks.
+
+Reads (locate, is_live, mirrors) run on the event loop itself, on a second, query-only
+connection. In WAL mode a reader never waits for a writer, the read is an index
+lookup of ~0.1-0.3 ms, and the hop to a thread and back cost more than that in
+wake-ups and GIL hand-offs (issue 7's profile: a third of a locate's time on the
+loop). A multi-statement read runs in one read transaction, so it sees one snapshot.
+The overview (status page) is a bigger read and stays on the thread; so does every
+read of a ':memory:' database, which a second connection would not see.
 """
 from __future__ import annotations
 
@@ -82,6 +90,7 @@ class SqliteStore:
         self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # the event loop's, see the docstring
 
     @classmethod
     async def open(cls, path: str, clock: Callable[[], float]) -> SqliteStore:
@@ -92,8 +101,10 @@ class SqliteStore:
         store = cls(path, clock)
         try:
             await store._run(store._connect)
+            if path not in ("", ":memory:") and not path.startswith("file:"):
+                store._reader = _open_reader(path)
         except BaseException:
-            store._pool.shutdown(wait=False)
+            await store.close()
             raise
         return store
 
@@ -114,6 +125,20 @@ class SqliteStore:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], snapshot: bool = False) -> T:
+        """fn(connection) on the event loop's reader (on the thread without one); with
+        `snapshot`, inside one read transaction."""
+        reader = self._reader
+        if reader is None:
+            return await self._run(lambda: fn(self._conn()))
+        if not snapshot:
+            return fn(reader)
+        reader.execute("BEGIN")
+        try:
+            return fn(reader)
+        finally:
+            reader.execute("COMMIT")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -140,12 +165,11 @@ class SqliteStore:
         return await self._run(do)
 
     async def is_live(self, agent_id: str) -> bool:
-        def do() -> bool:
-            row = self._conn().execute(
-                "SELECT 1 FROM agents WHERE agent_id = ? AND expires_at > ?",
-                (agent_id, self._clock())).fetchone()
+        def do(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT 1 FROM agents WHERE agent_id = ? AND expires_at > ?",
+                             (agent_id, self._clock())).fetchone()
             return row is not None
-        return await self._run(do)
+        return await self._read(do)
 
     async def remove_agent(self, agent_id: str) -> None:
         def do() -> None:
@@ -196,32 +220,29 @@ class SqliteStore:
         return await self._located("h.sha256 = ?", sha256)
 
     async def _located(self, where: str, *args: Any) -> list[Located]:
-        def do() -> list[Located]:
-            return _rows_located(self._conn().execute(_LOCATED.format(where=where),
-                                                      (self._clock(), *args)))
-        return await self._run(do)
+        def do(db: sqlite3.Connection) -> list[Located]:
+            return _rows_located(db.execute(_LOCATED.format(where=where),
+                                            (self._clock(), *args)).fetchall())
+        return await self._read(do)
 
-    # --- locate: the whole lookup in one trip to the worker thread ------------------------
-    # (each trip costs the event loop a wake-up and the thread a GIL hand-off; a Locate
-    # used to make four)
+    # --- locate: the whole lookup in one read (one snapshot) ------------------------------
 
     async def locate_name(self, name: str, max_contents: int) -> Found:
-        def do() -> Found:
-            db = self._conn()
+        def do(db: sqlite3.Connection) -> Found:
             shas = [sha for (sha,) in db.execute(
-                _RANKED, (self._clock(), name, name, name, max_contents))]
+                _RANKED, (self._clock(), name, name, name, max_contents)).fetchall()]
             return self._of(db, shas)
-        return await self._run(do)
+        return await self._read(do, snapshot=True)
 
     async def locate_sha256(self, sha256: bytes) -> Found:
-        return await self._run(lambda: self._of(self._conn(), [sha256]))
+        return await self._read(lambda db: self._of(db, [sha256]), snapshot=True)
 
     def _of(self, db: sqlite3.Connection, shas: list[bytes]) -> Found:
         if not shas:
             return [], []
         marks = ",".join("?" * len(shas))
         located = _rows_located(db.execute(_LOCATED.format(where=f"h.sha256 IN ({marks})"),
-                                           (self._clock(), *shas)))
+                                           (self._clock(), *shas)).fetchall())
         mirrors = [MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in
                    db.execute("SELECT url, name, sha256, size FROM mirrors "
                               f"WHERE sha256 IN ({marks}) ORDER BY url", shas)]
@@ -251,11 +272,12 @@ class SqliteStore:
         return await self._mirrors("sha256 = ?", sha256)
 
     async def _mirrors(self, where: str, *args: Any) -> list[MirrorRecord]:
-        def do() -> list[MirrorRecord]:
-            cur = self._conn().execute(
+        def do(db: sqlite3.Connection) -> list[MirrorRecord]:
+            cur = db.execute(
                 f"SELECT url, name, sha256, size FROM mirrors WHERE {where} ORDER BY url", args)
-            return [MirrorRecord(url, name, bytes(sha), size) for url, name, sha, size in cur]
-        return await self._run(do)
+            return [MirrorRecord(url, name, bytes(sha), size)
+                    for url, name, sha, size in cur.fetchall()]
+        return await self._read(do)
 
     # --- overview (status page, metrics) ----------------------------------------------
 
@@ -306,6 +328,10 @@ class SqliteStore:
         return await self._run(do)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
         def do() -> None:
             if self._db is not None:
                 self._db.close()
@@ -316,11 +342,30 @@ class SqliteStore:
             self._pool.shutdown(wait=True)
 
 
+def _open_reader(path: str) -> sqlite3.Connection:
+    """The event loop's connection: reads only (query_only), never waits long for a lock."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA query_only=1")
+        # A WAL reader waits only in rare cases (a WAL being recovered after a crash);
+        # bounded, since it holds up the event loop meanwhile.
+        db.execute("PRAGMA busy_timeout=1000")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def _rows_located(rows: Iterable[tuple[Any, ...]]) -> list[Located]:
-    return [Located(agent_id, base_url,
-                    Holding(path, Identity(size, bytes(sha), piece_size, bytes(root)),
-                            bytes(have)))
-            for agent_id, base_url, path, size, sha, piece_size, root, have in rows]
+    out = []
+    idents: dict[tuple[Any, ...], Identity] = {}  # holders of one content share one Identity
+    for agent_id, base_url, path, size, sha, piece_size, root, have in rows:
+        key = (size, sha, piece_size, root)
+        ident = idents.get(key)
+        if ident is None:
+            ident = idents[key] = Identity(size, bytes(sha), piece_size, bytes(root))
+        out.append(Located(agent_id, base_url, Holding(path, ident, bytes(have))))
+    return out
 
 
 class _transaction:
