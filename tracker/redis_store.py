@@ -42,7 +42,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import ConfigError
 from common.identity import Identity
-from tracker.store import AgentInfo, ContentInfo, Found, Holding, Located, MirrorRecord, Overview
+from tracker.store import (
+    AgentInfo,
+    ContentInfo,
+    Found,
+    Holding,
+    Located,
+    MirrorRecord,
+    Overview,
+    Renewal,
+)
 
 SCHEME = "redis://"
 
@@ -91,6 +100,24 @@ _RENEW = _NOW + """
 if not live(ARGV[3]) then return 0 end
 redis.call('ZADD', P .. 'leases', NOW + tonumber(ARGV[4]), ARGV[3])
 return 1
+"""
+
+# ARGV: prefix, now, then (agent, lease_length, age) triples -> {1 or 0 each}: renewed if
+# the lease was live `age` seconds ago (when the heartbeat arrived); never shortened
+_RENEW_MANY = _NOW + """
+local out = {}
+for i = 3, #ARGV, 3 do
+  local agent = ARGV[i]
+  local s = redis.call('ZSCORE', P .. 'leases', agent)
+  if s and tonumber(s) > NOW - tonumber(ARGV[i + 2]) then
+    local until_ = NOW + tonumber(ARGV[i + 1])
+    if until_ > tonumber(s) then redis.call('ZADD', P .. 'leases', until_, agent) end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
 """
 
 # ARGV: prefix, now, agent
@@ -397,6 +424,7 @@ class RedisStore:
             reg(_LOCATE), reg(_PUT_MIRROR), reg(_MIRRORS))
         self._overview, self._contents = reg(_OVERVIEW), reg(_CONTENTS)
         self._locate_all = reg(_LOCATE_ALL)
+        self._renew_many = reg(_RENEW_MANY)
 
     @classmethod
     async def open(cls, url: str, clock: Callable[[], float] = time.time, *,
@@ -431,6 +459,13 @@ class RedisStore:
 
     async def renew(self, agent_id: str, expires_at: float) -> bool:
         return bool(await self._call(self._renew, agent_id, self._length(expires_at)))
+
+    async def renew_many(self, renewals: Sequence[Renewal]) -> list[bool]:
+        now = self._clock()
+        args: list[Any] = []
+        for r in renewals:
+            args += [r.agent_id, self._length(r.expires_at), repr(max(0.0, now - r.asked_at))]
+        return [bool(x) for x in await self._call(self._renew_many, *args)]
 
     async def is_live(self, agent_id: str) -> bool:
         return bool(await self._call(self._is_live, agent_id))

@@ -20,6 +20,7 @@ from tracker import auth
 from tracker.config import TrackerConfig
 from tracker.observe import Observer
 from tracker.redis_store import RedisStore, is_redis_url, redact
+from tracker.renewals import Renewals
 from tracker.service import TrackerHandlers, TrackerServicer
 from tracker.sqlite_store import SqliteStore
 from tracker.store import MirrorRecord, Store
@@ -57,6 +58,7 @@ class RunningTracker:
     _owns_store: bool
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     observer: Observer | None = None  # metrics and recent locates (tracker/status_http.py)
+    renewals: Renewals | None = None  # the heartbeats' batches (tracker/renewals.py)
 
     @property
     def address(self) -> str:
@@ -125,7 +127,8 @@ async def start(config: TrackerConfig, store: Store | None = None,
         if owns:
             await store.close()
         raise
-    running = RunningTracker(host, port, store, server, health_servicer, owns, observer=observer)
+    running = RunningTracker(host, port, store, server, health_servicer, owns, observer=observer,
+                             renewals=servicer.renewals)
     if config.purge_after_seconds:
         running._tasks.append(asyncio.create_task(
             _purge_loop(store, clock, config.purge_after_seconds, config.lease_seconds)))

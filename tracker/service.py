@@ -34,6 +34,7 @@ from common.api import tracker_pb2_grpc as pb_grpc
 from common.identity import Identity
 from tracker import auth, candidates, validate
 from tracker.auth import Tokens
+from tracker.renewals import Renewals
 from tracker.store import Holding, MirrorRecord, Store
 from tracker.validate import Invalid
 
@@ -168,6 +169,7 @@ class TrackerServicer(pb_grpc.TrackerServicer):
         self._lease = lease_seconds
         self._heartbeat = heartbeat_seconds
         self._clock = clock
+        self.renewals = Renewals(store, clock)
 
     @_rpc
     @_observed
@@ -187,7 +189,7 @@ class TrackerServicer(pb_grpc.TrackerServicer):
     async def Heartbeat(self, request: pb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext) -> pb.HeartbeatReply:
         agent_id = validate.agent_id(request.agent_id)
-        if not await self._store.renew(agent_id, self._clock() + self._lease):
+        if not await self.renewals.renew(agent_id, self._lease):  # batched: tracker/renewals.py
             raise _Abort(grpc.StatusCode.NOT_FOUND, UNKNOWN_AGENT)
         return pb.HeartbeatReply(lease_seconds=self._lease)
 

@@ -21,7 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from common.identity import Identity
-from tracker.store import AgentInfo, ContentInfo, Found, Holding, Located, MirrorRecord, Overview
+from tracker.store import (
+    AgentInfo,
+    ContentInfo,
+    Found,
+    Holding,
+    Located,
+    MirrorRecord,
+    Overview,
+    Renewal,
+)
 
 T = TypeVar("T")
 
@@ -162,6 +171,16 @@ class SqliteStore:
                 "UPDATE agents SET expires_at = ? WHERE agent_id = ? AND expires_at > ?",
                 (expires_at, agent_id, self._clock()))
             return cur.rowcount > 0
+        return await self._run(do)
+
+    async def renew_many(self, renewals: Sequence[Renewal]) -> list[bool]:
+        def do() -> list[bool]:
+            db = self._conn()
+            with _transaction(db):  # one commit for the batch: the point of batching
+                return [db.execute(
+                    "UPDATE agents SET expires_at = MAX(expires_at, ?) "
+                    "WHERE agent_id = ? AND expires_at > ?",
+                    (r.expires_at, r.agent_id, r.asked_at)).rowcount > 0 for r in renewals]
         return await self._run(do)
 
     async def is_live(self, agent_id: str) -> bool:
