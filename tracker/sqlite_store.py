@@ -64,6 +64,9 @@ CREATE INDEX IF NOT EXISTS mirrors_by_name ON mirrors (name);
 CREATE INDEX IF NOT EXISTS mirrors_by_sha256 ON mirrors (sha256);
 """
 
+WRITER_CACHE_MIB = 256  # page cache of the writing connection (see _connect)
+READER_CACHE_MIB = 64  # page cache of the event loop's reading connection
+WAL_CHECKPOINT_PAGES = 20_000  # ~80 MB of WAL before it is copied into the file
 NAMES_SHOWN = 5  # names listed per content in an overview
 NAMES_SAMPLED = 64  # holdings read per content to find those names
 OVERVIEW_SCAN = 4  # contents looked at per content listed, at most
@@ -123,6 +126,14 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             db.execute("PRAGMA busy_timeout=5000")
+            # Announces insert into three indexes in random order; with SQLite's default
+            # 2 MB cache nearly every insert read its pages back and every commit wrote
+            # them again (10,000 agents x 1,000 files: ~3,000 holdings/s). A bigger
+            # cache and fewer, larger checkpoints (a page written by many commits is
+            # copied into the file once) more than double that. Memory: at most
+            # WRITER_CACHE_MIB beyond what the tracker uses otherwise.
+            db.execute(f"PRAGMA cache_size=-{WRITER_CACHE_MIB * 1024}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             db.executescript(SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(holdings)")}
             if "have" not in columns:  # a database from before swarming
@@ -369,6 +380,7 @@ def _open_reader(path: str) -> sqlite3.Connection:
         # A WAL reader waits only in rare cases (a WAL being recovered after a crash);
         # bounded, since it holds up the event loop meanwhile.
         db.execute("PRAGMA busy_timeout=1000")
+        db.execute(f"PRAGMA cache_size=-{READER_CACHE_MIB * 1024}")
     except BaseException:
         db.close()
         raise
