@@ -31,7 +31,8 @@ SERVICE_NAME = "mfetch.v1.Tracker"
 # A whole inventory of 100_000 holdings is ~15 MB of protobuf; gRPC's default cap is 4 MB.
 MAX_MESSAGE = 64 * 1024 * 1024
 # gRPC sets SO_REUSEPORT by default, which would let a second tracker silently share
-# (and steal half the calls of) a port already in use; we want "address in use".
+# (and steal half the calls of) a port already in use; we want "address in use"
+# (except for the workers of --workers N, which share it on purpose).
 # Calls waiting for the Python side: gRPC core's default (1,000) CANCELs a burst of
 # more (a flood of 2,000 locates lost ~10%); queued calls cost little, and past
 # MAX_CONCURRENT_RPCS in flight they are answered RESOURCE_EXHAUSTED anyway.
@@ -84,9 +85,13 @@ class RunningTracker:
 
 
 async def start(config: TrackerConfig, store: Store | None = None,
-                clock: Callable[[], float] = time.time) -> RunningTracker:
+                clock: Callable[[], float] = time.time, *,
+                reuse_port: bool = False) -> RunningTracker:
     """Open the store (config.db: SQLite path or Redis URL, unless one is given), upsert the configured
     mirrors, bind config.listen (port 0: any free port) and start serving.
+
+    `reuse_port`: bind with SO_REUSEPORT, beside the other workers of `tracker serve
+    --workers N` (tracker/workers.py); otherwise a port in use is an error.
 
     Raises StorageError if the database cannot be opened, ConfigError if the address
     cannot be bound.
@@ -101,7 +106,11 @@ async def start(config: TrackerConfig, store: Store | None = None,
         for m in config.mirrors:
             await store.put_mirror(MirrorRecord(m.url, m.name, m.sha256, m.size))
         # No interceptors: tokens and decoding are checked in TrackerHandlers, cheaper per call.
-        server = grpc.aio.server(options=GRPC_OPTIONS,
+        options = GRPC_OPTIONS
+        if reuse_port:
+            options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
+            options.append(("grpc.so_reuseport", 1))
+        server = grpc.aio.server(options=options,
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         observer = Observer(store)
         servicer = TrackerServicer(store, lease_seconds=config.lease_seconds,
