@@ -387,9 +387,14 @@ def _holding(path: str, value: bytes) -> Holding:
 
 def _flat_located(flat: list[bytes]) -> list[Located]:
     """[agent, base_url, path, value, ...] as Located, ordered by (agent_id, path)."""
-    found = [Located(flat[i].decode(), flat[i + 1].decode(),
-                     _holding(flat[i + 2].decode(), flat[i + 3]))
-             for i in range(0, len(flat), 4)]
+    found = []
+    holdings: dict[tuple[bytes, bytes], Holding] = {}  # holders of a content share the parse
+    for i in range(0, len(flat), 4):
+        path, value = flat[i + 2], flat[i + 3]
+        holding = holdings.get((path, value))
+        if holding is None:
+            holding = holdings[path, value] = _holding(path.decode(), value)
+        found.append(Located(flat[i].decode(), flat[i + 1].decode(), holding))
     found.sort(key=lambda x: (x.agent_id, x.holding.path))
     return found
 
