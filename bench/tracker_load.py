@@ -16,6 +16,13 @@ For each setup it starts the trackers (and a private redis-server for Redis), th
    locates/s, p50/p99, heartbeats/s.
 3. memory: each tracker's peak RSS (VmHWM from /proc) and redis-server's.
 
+Setups (`--setups`): `sqlite-1`, `redis-1`, `redis-2` (two tracker processes on one
+Redis), `sqlite-1w2` (one `tracker serve --workers 2`), and `null-1`: the ceiling, a
+gRPC server with the tracker's methods that answers each call with a fixed,
+pre-encoded reply and does nothing else (bench/null_tracker.py). The report gives
+each tracker's locates/s as a share of it. `--tracker-cmd` runs another tree's
+`tracker` (A/B comparisons under the same load generator).
+
 Each file name is held by about `--holders` agents (the catalog is sized so), and
 every locate resolves to one content with that many sources. The load generator
 runs on the same machine and competes with the trackers for its cores: the numbers
@@ -33,6 +40,7 @@ import os
 import pathlib
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -70,6 +78,29 @@ def _holding(pb, j: int):  # type: ignore[no-untyped-def]
         root=hashlib.sha256(b"root" + seed).digest()))
 
 
+_ENCODED: dict[int, bytes] = {}  # catalog entry -> its AnnounceRequest.added field, encoded
+
+
+def _added(pb, j: int) -> bytes:  # type: ignore[no-untyped-def]
+    """Field 3 (added) of an AnnounceRequest holding catalog entry j, encoded once per
+    process: the generator shares the cores with the tracker, so it should not spend
+    them rebuilding the same 10 million messages."""
+    raw = _ENCODED.get(j)
+    if raw is None:
+        body = _holding(pb, j).SerializeToString()
+        raw = _ENCODED[j] = b"\x1a" + _varint(len(body)) + body
+    return raw
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _inventory(agent: int, p: Params) -> list[int]:
     rng = random.Random(agent)
     return rng.sample(range(p.catalog), p.files)
@@ -89,6 +120,10 @@ async def _announce(addresses: list[str], agents: range, p: Params) -> list[floa
 
     channels = [_channel(a) for a in addresses]
     stubs = [pb_grpc.TrackerStub(c) for c in channels]
+    # Announce requests go out as bytes built from the encoded holdings (see _added).
+    announces = [c.unary_unary("/mfetch.v1.Tracker/Announce",
+                               response_deserializer=pb.AnnounceReply.FromString)
+                 for c in channels]
     queue = list(agents)
     lat: list[float] = []
     registered: list[int] = []
@@ -113,14 +148,14 @@ async def _announce(addresses: list[str], agents: range, p: Params) -> list[floa
             i = queue.pop()
             stub = stubs[i % len(stubs)]
             agent_id = f"agent-{i:06d}"
-            req = pb.AnnounceRequest(agent_id=agent_id, replace=True,
-                                     added=[_holding(pb, j) for j in _inventory(i, p)])
+            req = pb.AnnounceRequest(agent_id=agent_id, replace=True).SerializeToString() + \
+                b"".join(_added(pb, j) for j in _inventory(i, p))
             await stub.Register(pb.RegisterRequest(
                 agent_id=agent_id, base_url=f"http://10.{i >> 16 & 255}.{i >> 8 & 255}."
                 f"{i & 255}:7070"), timeout=60)
             registered.append(i)
             t = time.perf_counter()
-            await stub.Announce(req, timeout=120)
+            await announces[i % len(announces)](req, timeout=120)
             lat.append(time.perf_counter() - t)
 
     beats = asyncio.create_task(keep_alive())
@@ -217,11 +252,20 @@ def _worker(job: tuple[str, list[str], object, Params]) -> list[float]:
 
 # --- processes under test -------------------------------------------------------------------
 
-def _start_tracker(db: str, p: Params) -> tuple[subprocess.Popen[str], str]:
+TRACKER_CMD = [str(BIN / "tracker")]  # --tracker-cmd replaces it (A/B against another tree)
+
+
+def _start_tracker(db: str, p: Params, workers: int = 1) -> tuple[subprocess.Popen[str], str]:
+    if db == "null":  # the ceiling: bench/null_tracker.py, a tracker that does no work
+        argv = [sys.executable, str(ROOT / "bench" / "null_tracker.py"), "--listen", "127.0.0.1:0"]
+    else:
+        argv = [*TRACKER_CMD, "serve", "--listen", "127.0.0.1:0", "--db", db, "--http", "off",
+                "--lease-seconds", str(p.heartbeat_seconds * 3),
+                "--heartbeat-seconds", str(p.heartbeat_seconds)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
     popen = subprocess.Popen(
-        [str(BIN / "tracker"), "serve", "--listen", "127.0.0.1:0", "--db", db, "--http", "off",
-         "--lease-seconds", str(p.heartbeat_seconds * 3),
-         "--heartbeat-seconds", str(p.heartbeat_seconds)],
+        argv,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "GRPC_VERBOSITY": "NONE"})
     assert popen.stdout is not None
@@ -233,12 +277,22 @@ def _start_tracker(db: str, p: Params) -> tuple[subprocess.Popen[str], str]:
 
 
 def _peak_rss(pid: int) -> int:
-    """VmHWM (peak resident set) in bytes."""
+    """VmHWM (peak resident set) in bytes, summed with its children's (--workers N: the
+    workers; the supervisor itself is small)."""
+    total = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+                total = int(line.split()[1]) * 1024
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                total += _peak_rss(int(entry.name))
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -266,7 +320,7 @@ class Result:
 
 
 def run_setup(name: str, backend: str, trackers: int, p: Params, pool: mp.pool.Pool,
-              workdir: pathlib.Path) -> Result:
+              workdir: pathlib.Path, workers: int = 1) -> Result:
     from tests import redis_server
 
     redis = None
@@ -275,11 +329,13 @@ def run_setup(name: str, backend: str, trackers: int, p: Params, pool: mp.pool.P
         if backend == "redis":
             redis = redis_server.start()
             db = redis.url
+        elif backend == "null":
+            db = "null"
         else:
             db = str(workdir / f"{name}.db")
         addresses = []
         for _ in range(trackers):
-            popen, address = _start_tracker(db, p)
+            popen, address = _start_tracker(db, p, workers)
             procs.append(popen)
             addresses.append(address)
         print(f"[{name}] announcing {p.agents} agents x {p.files} files ...", flush=True)
@@ -351,6 +407,14 @@ def report(results: list[Result], p: Params, total: float) -> str:
             f"{r.heartbeat_per_s:,.0f} ({r.heartbeat_p99 * ms:.1f}) | "
             f"{' + '.join(f'{x / mib:.0f}' for x in r.tracker_rss)} | - |")
     by = {r.setup: r for r in results}
+    if "null x1" in by:
+        ceiling = by["null x1"].locate_per_s
+        lines += ["", ("`null x1` is the ceiling: bench/null_tracker.py answers every call with "
+                       "a fixed, pre-encoded reply of the same shape (a Locate answer of 10 "
+                       "sources) and does no work at all, under the same load generator on the "
+                       "same cores. Tracker locates/s as a share of it: " + ", ".join(
+                           f"{r.setup} {r.locate_per_s / max(ceiling, 1e-9):.0%}"
+                           for r in results if r.setup != "null x1") + ".")]
     lines += ["", ("Targets (issue \"Tracker at scale\", for 10,000 agents x 1,000 files): "
               "one tracker answers >= 3,000 locates/s with p99 < 20 ms in < 2 GiB; two "
               "trackers on Redis answer >= 1.6x the locates of one.")]
@@ -364,7 +428,7 @@ def report(results: list[Result], p: Params, total: float) -> str:
             lines.append(f"{r.setup}: {r.lapsed:,} heartbeats found their agent's lease "
                          "lapsed (the tracker fell behind during the announce phase).")
     for r in results:
-        if r.setup.endswith("x1"):
+        if r.setup.endswith("x1") and r.setup != "null x1":
             ok = r.locate_per_s >= 3000 and r.locate_p99 < 0.020
             lines.append(f"{r.setup}: {r.locate_per_s:,.0f} locates/s, p99 "
                          f"{r.locate_p99 * 1000:.0f} ms: {'meets' if ok else 'misses'} the "
@@ -381,10 +445,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2, help="locate client processes")
     ap.add_argument("--locate-seconds", type=float, default=10)
     ap.add_argument("--heartbeat-seconds", type=int, default=10)
-    ap.add_argument("--setups", default="sqlite-1,redis-1,redis-2",
-                    help="comma-separated BACKEND-TRACKERS (sqlite-1, redis-1, redis-2)")
+    ap.add_argument("--setups", default="null-1,sqlite-1,redis-1,redis-2",
+                    help="comma-separated BACKEND-TRACKERS[wWORKERS]: sqlite-1, redis-2 (two "
+                         "tracker processes on one Redis), sqlite-1w2 (one `tracker serve "
+                         "--workers 2`), null-1 (the no-work ceiling, bench/null_tracker.py)")
+    ap.add_argument("--tracker-cmd", default=None,
+                    help="command that runs `tracker` (default: this venv's), e.g. another "
+                         "tree's, to compare two versions under the same load generator")
     ap.add_argument("--out", default=str(ROOT / "bench" / "TRACKER-RESULTS.md"))
     a = ap.parse_args()
+    if a.tracker_cmd:
+        TRACKER_CMD[:] = shlex.split(a.tracker_cmd)
     if shutil.which("redis-server") is None and "redis" in a.setups:
         sys.exit("bench-tracker: redis-server is not on PATH (apt-get install -y redis-server)")
     p = Params(agents=a.agents, files=a.files,
@@ -397,7 +468,9 @@ def main() -> None:
             mp.get_context("spawn").Pool(a.clients + 1) as pool:
         for setup in a.setups.split(","):
             backend, n = setup.split("-")
-            r = run_setup(f"{backend} x{n}", backend, int(n), p, pool, pathlib.Path(tmp))
+            n, _, w = n.partition("w")
+            name = f"{backend} x{n}" + (f" ({w} workers)" if w else "")
+            r = run_setup(name, backend, int(n), p, pool, pathlib.Path(tmp), int(w or 1))
             print(f"  {r}", flush=True)
             results.append(r)
     text = report(results, p, time.perf_counter() - start)

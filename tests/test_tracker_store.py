@@ -251,3 +251,35 @@ async def test_overview_counts_and_caps(store) -> None:
     assert iso.names == ("iso",) and iso.size == ISO.size
     assert set(listed[TAR.sha256].names) == {f"t{i}.tar" for i in range(5)}
     assert (await store.overview(limit=1)).contents_list[0].sha256 == min(ISO.sha256, TAR.sha256)
+
+
+async def test_renew_many_renews_what_was_live_when_asked(store) -> None:
+    """Batched heartbeats (tracker/renewals.py): a renewal counts if the lease was live when
+    the heartbeat arrived (asked_at), even if it lapsed while the batch waited; a lapsed or
+    unknown agent is refused; a renewal never shortens a lease."""
+    from tracker.store import Renewal
+
+    clock = store.clock
+    t0 = clock()
+    await store.register("a1", "http://h:1", t0 + 30)
+    await store.register("a2", "http://h:2", t0 + 10)
+    await store.register("a3", "http://h:3", t0 + 100)
+    clock.advance(11)  # a2 lapsed at t0 + 10
+    got = await store.renew_many([
+        Renewal("a1", t0 + 41, t0 + 11),
+        Renewal("a2", t0 + 41, t0 + 11),  # lapsed when asked
+        Renewal("nobody", t0 + 41, t0 + 11),
+        Renewal("a3", t0 + 41, t0 + 11),  # already longer: kept
+    ])
+    assert got == [True, False, False, True]
+    clock.advance(25)  # t0 + 36: a1 lives only thanks to the renewal
+    assert await store.is_live("a1") and not await store.is_live("a2")
+    clock.advance(10)  # t0 + 46
+    assert not await store.is_live("a1")
+    assert await store.is_live("a3"), "a renewal must not shorten a longer lease"
+    # Asked at t0 + 45 while a3 was live, written later: renewed.
+    await store.register("a4", "http://h:4", clock() + 1)
+    asked = clock()
+    clock.advance(5)  # a4 lapsed meanwhile
+    assert await store.renew_many([Renewal("a4", asked + 30, asked)]) == [True]
+    assert await store.is_live("a4")

@@ -1,4 +1,4 @@
-"""Who may call what on the tracker: tokens checked in one server interceptor, and TLS.
+"""Who may call what on the tracker: tokens checked at one place, and TLS.
 
 Three tokens, each optional and independent (see SECURITY.md):
 
@@ -9,7 +9,8 @@ Three tokens, each optional and independent (see SECURITY.md):
                   the agent and admin tokens are accepted there too
 
 A role whose token is set accepts no call without it: the call is answered
-UNAUTHENTICATED with a one-line reason before any of the request is decoded. A
+UNAUTHENTICATED with a one-line reason before any of the request is decoded
+(:func:`refusal`, asked when the call's handler is looked up). A
 role whose token is not set is open, as before tokens existed. The standard
 gRPC health service is always open, so container health checks need no secret.
 
@@ -65,28 +66,27 @@ class Tokens:
         return "admin", (self.admin,) if self.admin else ()
 
 
-class TokenCheck(grpc.aio.ServerInterceptor):
-    """Answers UNAUTHENTICATED to a call without the token its method needs."""
+def refusal(tokens: Tokens, method: str, metadata: Any) -> grpc.RpcMethodHandler | None:
+    """The handler that answers UNAUTHENTICATED to a call of `method` (a full method name)
+    without the token it needs, given the call's invocation metadata; None if it may go on.
 
-    def __init__(self, tokens: Tokens) -> None:
-        self._tokens = tokens
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        need = self._tokens.required(details.method)
-        if need is None:
-            return await continuation(details)
-        role, accepted = need
-        sent = _authorization(details.invocation_metadata)
-        if security.token_matches(security.presented_token(sent), accepted):
-            return await continuation(details)
-        name = details.method.rsplit("/", 1)[-1]
-        if not accepted:
-            why = f"{name} is refused: this tracker has no admin token for it"
-        elif sent is None:
-            why = f"{name} needs the {role} token (authorization: Bearer TOKEN); none was sent"
-        else:
-            why = f"{name}: wrong token (it needs the {role} token)"
-        return _refusal(why)
+    tracker/service.py's TrackerHandlers asks this when it looks up a call's handler,
+    before anything is decoded (no interceptor: see TrackerHandlers for why)."""
+    need = tokens.required(method)
+    if need is None:
+        return None
+    role, accepted = need
+    sent = _authorization(metadata)
+    if security.token_matches(security.presented_token(sent), accepted):
+        return None
+    name = method.rsplit("/", 1)[-1]
+    if not accepted:
+        why = f"{name} is refused: this tracker has no admin token for it"
+    elif sent is None:
+        why = f"{name} needs the {role} token (authorization: Bearer TOKEN); none was sent"
+    else:
+        why = f"{name}: wrong token (it needs the {role} token)"
+    return _refusal(why)
 
 
 def _authorization(metadata: Any) -> str | None:

@@ -14,6 +14,7 @@ call), and MAX_MIRROR_SOURCES mirrors. `live_holders` still counts them all.
 """
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -74,14 +75,22 @@ def _candidate(g: _Group, rng: random.Random) -> pb.Candidate:
     agents = list(g.agents.values())
     if len(agents) > MAX_AGENT_SOURCES:
         agents = sorted(rng.sample(agents, MAX_AGENT_SOURCES), key=lambda x: x.agent_id)
-    sources = [pb.Source(kind=pb.Source.AGENT, agent_id=loc.agent_id,
-                         url=agent_api.source_url(loc.base_url, loc.holding.path, ident.sha256),
-                         pieces_url=agent_api.pieces_url(loc.base_url, ident.sha256),
-                         have=loc.holding.have)
-               for loc in agents]
+    sources = []
+    for loc in agents:
+        url, pieces_url = _urls(loc.base_url, loc.holding.path, ident.sha256)
+        sources.append(pb.Source(kind=pb.Source.AGENT, agent_id=loc.agent_id, url=url,
+                                 pieces_url=pieces_url, have=loc.holding.have))
     sources += [pb.Source(kind=pb.Source.MIRROR, url=m.url)
                 for m in list(g.mirrors.values())[:MAX_MIRROR_SOURCES]]
     return pb.Candidate(
         content=pb.Content(size=ident.size, sha256=ident.sha256,
                            piece_size=ident.piece_size, root=ident.root),
         name=g.name, sources=sources, live_holders=len(g.agents))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _urls(base_url: str, path: str, sha256: bytes) -> tuple[str, str]:
+    """A holding's source and piece-list URLs. Cached: the same holdings are answered
+    again and again, and quoting the path was a third of building an answer."""
+    return (agent_api.source_url(base_url, path, sha256),
+            agent_api.pieces_url(base_url, sha256))

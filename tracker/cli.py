@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lease-seconds", metavar="N", help="agent lease length (default 30)")
     s.add_argument("--heartbeat-seconds", metavar="N",
                    help="heartbeat interval told to agents (default 10)")
+    s.add_argument("--workers", metavar="N", help="tracker processes answering on the one "
+                   "port, sharing the database (default 1; see tracker/workers.py)")
+    s.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --workers only
     sec = s.add_argument_group("security (tokens: a file, or TRACKER_*_TOKEN in the "
                                "environment; never the value on the command line)")
     sec.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
@@ -97,18 +100,25 @@ def serve_flags(args: argparse.Namespace) -> dict[str, object]:
     """The settings `tracker serve` takes from its flags (None = not given)."""
     flags: dict[str, object] = {"listen": args.listen, "http": args.http, "db": args.db,
                                 "lease_seconds": args.lease_seconds,
-                                "heartbeat_seconds": args.heartbeat_seconds}
+                                "heartbeat_seconds": args.heartbeat_seconds,
+                                "workers": args.workers}
     flags.update({name: getattr(args, name) for name in SERVE_SECURITY_FLAGS})
     return flags
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point; exits with the command's status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logs.setup(logging.INFO)
     try:
         if args.command == "serve":
-            code = asyncio.run(_serve(args))
+            cfg = tconfig.load(args.config, serve_flags(args))
+            if cfg.workers > 1 and args.worker is None:
+                from tracker import workers
+                code = workers.supervise(cfg, argv)
+            else:
+                code = asyncio.run(_serve(args, cfg))
         elif args.command == "status":
             code = asyncio.run(status_cmd.run(args.http, as_json=args.json))
         else:
@@ -121,9 +131,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code)
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    cfg = tconfig.load(args.config, serve_flags(args))
-    running = await server.start(cfg)
+async def _serve(args: argparse.Namespace, cfg: tconfig.TrackerConfig) -> int:
+    running = await server.start(cfg, reuse_port=args.worker is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,3 +205,7 @@ def _mirror_link(args: argparse.Namespace) -> security.TrackerLink:
         tracker_cert=args.tracker_cert or env("MFETCH_TRACKER_CERT"),
         tracker_key=args.tracker_key or env("MFETCH_TRACKER_KEY"),
         tracker_token=token, tracker_token_file=token_file), "admin token")
+
+
+if __name__ == "__main__":  # the workers of `tracker serve --workers N` run this way
+    main()

@@ -11,6 +11,7 @@ YAML example::
     db: /var/lib/mfetch/tracker.db   # or redis://HOST:PORT[/DB], shared by several trackers
     lease_seconds: 30
     heartbeat_seconds: 10
+    workers: 1                       # tracker processes on one port, sharing db (SO_REUSEPORT)
     tls_cert: /etc/mfetch/tracker.crt     # TLS (with tls_key); tls_client_ca makes it mutual
     tls_key: /etc/mfetch/tracker.key
     agent_token_file: /etc/mfetch/agent.token   # or agent_token: VALUE (also admin_, client_)
@@ -32,6 +33,8 @@ from common import config as cfg
 from common.errors import ConfigError
 from common.identity import digest_from_hex
 from tracker import auth, redis_store, validate
+
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class TrackerConfig:
     db: str = "tracker.db"
     lease_seconds: int = 30
     heartbeat_seconds: int = 10
+    # Tracker processes on one port (SO_REUSEPORT), sharing the store: tracker/workers.py.
+    workers: int = 1
     purge_after_seconds: int = 7 * 24 * 3600  # forget agents whose lease lapsed this long ago
     mirrors: tuple[MirrorSpec, ...] = ()
     # Security (tracker/auth.py, SECURITY.md): TLS with a server certificate; a client CA
@@ -114,6 +119,8 @@ def check(c: TrackerConfig) -> TrackerConfig:
     if not 1 <= c.heartbeat_seconds < c.lease_seconds:
         raise ConfigError(f"heartbeat_seconds must be at least 1 and less than lease_seconds "
                           f"({c.lease_seconds}), got {c.heartbeat_seconds}")
+    if not 1 <= c.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be 1..{MAX_WORKERS}, got {c.workers}")
     if c.purge_after_seconds < 0:
         raise ConfigError("purge_after_seconds must not be negative")
     if bool(c.tls_cert) != bool(c.tls_key):

@@ -82,6 +82,15 @@ class Observer:
             self.heartbeats.labels(result)
         for result in ("found", "not_found", "error"):
             self.locates.labels(result)
+        # The labelled children resolved once: labels() takes a lock and hashes per call.
+        self._locate_results = {"ok": self.locates.labels("found"),
+                                "not_found": self.locates.labels("not_found"),
+                                "error": self.locates.labels("error")}
+        self._heartbeat_results = {True: self.heartbeats.labels("ok"),
+                                   False: self.heartbeats.labels("error")}
+        self._announce_results = {True: self.announces.labels("ok"),
+                                  False: self.announces.labels("error")}
+        self._observe_locate = self.locate_seconds.observe
         self.total_locates = 0
         self.total_announces = 0
         self.recent: deque[LocateEvent] = deque(maxlen=RECENT_LOCATES)
@@ -91,27 +100,28 @@ class Observer:
         self.registry.register(_StoreGauges(self))
 
     def record_call(self, method: str, request: Any, reply: Any, result: str, seconds: float,
-                    peer: str) -> None:
+                    peer: str | Callable[[], str]) -> None:
         """Count and time one answered call (`result`: ok, not_found or error); a locate
-        is also remembered for the status page."""
+        is also remembered for the status page. `peer` may be a function that returns
+        it (context.peer), called only for a locate."""
         if method == "Locate":
             self.total_locates += 1
-            self.locates.labels("found" if result == "ok" else result).inc()
-            self.locate_seconds.observe(seconds)
+            self._locate_results[result].inc()
+            self._observe_locate(seconds)
             sources = sum(len(c.sources) for c in reply.candidates) if reply is not None else 0
+            who = peer if isinstance(peer, str) else (peer() or "")
             self.recent.appendleft(LocateEvent(self.clock(), _query(request), sources,
-                                               peer[:MAX_SHOWN], seconds))
+                                               who[:MAX_SHOWN], seconds))
+        elif method == "Heartbeat":
+            self._heartbeat_results[result == "ok"].inc()
         elif method == "Announce":
             self.total_announces += 1
-            self.announces.labels("ok" if result == "ok" else "error").inc()
+            self._announce_results[result == "ok"].inc()
             self.announce_seconds.observe(seconds)
             if reply is not None:
                 self.announced_holdings.inc(len(request.added) + len(request.removed))
-        elif method == "Register":
-            if result == "ok":
-                self.registers.inc()
-        elif method == "Heartbeat":
-            self.heartbeats.labels("ok" if result == "ok" else "error").inc()
+        elif method == "Register" and result == "ok":
+            self.registers.inc()
 
     async def overview(self) -> Overview:
         """The store's overview, at most OVERVIEW_MAX_AGE old. Raises what the store raises."""

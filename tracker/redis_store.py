@@ -42,7 +42,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import ConfigError
 from common.identity import Identity
-from tracker.store import AgentInfo, ContentInfo, Found, Holding, Located, MirrorRecord, Overview
+from tracker.store import (
+    AgentInfo,
+    ContentInfo,
+    Found,
+    Holding,
+    Located,
+    MirrorRecord,
+    Overview,
+    Renewal,
+)
 
 SCHEME = "redis://"
 
@@ -91,6 +100,24 @@ _RENEW = _NOW + """
 if not live(ARGV[3]) then return 0 end
 redis.call('ZADD', P .. 'leases', NOW + tonumber(ARGV[4]), ARGV[3])
 return 1
+"""
+
+# ARGV: prefix, now, then (agent, lease_length, age) triples -> {1 or 0 each}: renewed if
+# the lease was live `age` seconds ago (when the heartbeat arrived); never shortened
+_RENEW_MANY = _NOW + """
+local out = {}
+for i = 3, #ARGV, 3 do
+  local agent = ARGV[i]
+  local s = redis.call('ZSCORE', P .. 'leases', agent)
+  if s and tonumber(s) > NOW - tonumber(ARGV[i + 2]) then
+    local until_ = NOW + tonumber(ARGV[i + 1])
+    if until_ > tonumber(s) then redis.call('ZADD', P .. 'leases', until_, agent) end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
 """
 
 # ARGV: prefix, now, agent
@@ -154,7 +181,10 @@ return out
 
 # Locate in one script (Store.locate_name / locate_sha256).
 # ARGV: prefix, now, name or '' , max_contents, sha_hex (when name is '')
-#   -> {flat [agent, base_url, path, value, ...] of live holdings, flat [url, value, ...]}
+#   -> {"agent\0base_url\0path\0value\0..." of live holdings, flat [url, value, ...]}
+# The holdings come back as one string joined by NUL (no field can hold one: ids, URLs
+# and paths are printable), not as a list: redis-py parses a reply element by element
+# in Python, and a list of 4 x holders bulk strings was a sixth of a locate's time.
 _LOCATE_ALL = _NOW + """
 local shas = {}
 if ARGV[3] == '' then
@@ -205,7 +235,7 @@ for _, sha in ipairs(shas) do
     if v then mirrors[#mirrors + 1] = url; mirrors[#mirrors + 1] = v end
   end
 end
-return {holdings, mirrors}
+return {table.concat(holdings, '\\0'), mirrors}
 """
 
 # ARGV: prefix, now, url, value ("SHA_HEX|SIZE|NAME") or '' to remove -> 1 if one was there
@@ -358,11 +388,21 @@ def _holding(path: str, value: bytes) -> Holding:
                                   bytes.fromhex(root)), bytes.fromhex(have[0]) if have else b"")
 
 
+def _unjoin(joined: bytes) -> list[bytes]:
+    """The fields of a reply joined by NUL in Lua (see _LOCATE_ALL)."""
+    return joined.split(b"\0") if joined else []
+
+
 def _flat_located(flat: list[bytes]) -> list[Located]:
     """[agent, base_url, path, value, ...] as Located, ordered by (agent_id, path)."""
-    found = [Located(flat[i].decode(), flat[i + 1].decode(),
-                     _holding(flat[i + 2].decode(), flat[i + 3]))
-             for i in range(0, len(flat), 4)]
+    found = []
+    holdings: dict[tuple[bytes, bytes], Holding] = {}  # holders of a content share the parse
+    for i in range(0, len(flat), 4):
+        path, value = flat[i + 2], flat[i + 3]
+        holding = holdings.get((path, value))
+        if holding is None:
+            holding = holdings[path, value] = _holding(path.decode(), value)
+        found.append(Located(flat[i].decode(), flat[i + 1].decode(), holding))
     found.sort(key=lambda x: (x.agent_id, x.holding.path))
     return found
 
@@ -397,6 +437,7 @@ class RedisStore:
             reg(_LOCATE), reg(_PUT_MIRROR), reg(_MIRRORS))
         self._overview, self._contents = reg(_OVERVIEW), reg(_CONTENTS)
         self._locate_all = reg(_LOCATE_ALL)
+        self._renew_many = reg(_RENEW_MANY)
 
     @classmethod
     async def open(cls, url: str, clock: Callable[[], float] = time.time, *,
@@ -431,6 +472,13 @@ class RedisStore:
 
     async def renew(self, agent_id: str, expires_at: float) -> bool:
         return bool(await self._call(self._renew, agent_id, self._length(expires_at)))
+
+    async def renew_many(self, renewals: Sequence[Renewal]) -> list[bool]:
+        now = self._clock()
+        args: list[Any] = []
+        for r in renewals:
+            args += [r.agent_id, self._length(r.expires_at), repr(max(0.0, now - r.asked_at))]
+        return [bool(x) for x in await self._call(self._renew_many, *args)]
 
     async def is_live(self, agent_id: str) -> bool:
         return bool(await self._call(self._is_live, agent_id))
@@ -467,11 +515,11 @@ class RedisStore:
 
     async def locate_name(self, name: str, max_contents: int) -> Found:
         holdings, mirrors = await self._call(self._locate_all, name, max_contents)
-        return _flat_located(holdings), _flat_mirrors(mirrors)
+        return _flat_located(_unjoin(holdings)), _flat_mirrors(mirrors)
 
     async def locate_sha256(self, sha256: bytes) -> Found:
         holdings, mirrors = await self._call(self._locate_all, "", 1, sha256.hex())
-        return _flat_located(holdings), _flat_mirrors(mirrors)
+        return _flat_located(_unjoin(holdings)), _flat_mirrors(mirrors)
 
     # --- mirrors --------------------------------------------------------------------------
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.api import tracker_pb2_grpc as pb_grpc
 from common.errors import ConfigError, StorageError
 from tracker import auth
 from tracker.config import TrackerConfig
 from tracker.observe import Observer
 from tracker.redis_store import RedisStore, is_redis_url, redact
-from tracker.service import DecodeErrors, TrackerServicer
+from tracker.renewals import Renewals
+from tracker.service import TrackerHandlers, TrackerServicer
 from tracker.sqlite_store import SqliteStore
 from tracker.store import MirrorRecord, Store
 
@@ -31,7 +31,8 @@ SERVICE_NAME = "mfetch.v1.Tracker"
 # A whole inventory of 100_000 holdings is ~15 MB of protobuf; gRPC's default cap is 4 MB.
 MAX_MESSAGE = 64 * 1024 * 1024
 # gRPC sets SO_REUSEPORT by default, which would let a second tracker silently share
-# (and steal half the calls of) a port already in use; we want "address in use".
+# (and steal half the calls of) a port already in use; we want "address in use"
+# (except for the workers of --workers N, which share it on purpose).
 # Calls waiting for the Python side: gRPC core's default (1,000) CANCELs a burst of
 # more (a flood of 2,000 locates lost ~10%); queued calls cost little, and past
 # MAX_CONCURRENT_RPCS in flight they are answered RESOURCE_EXHAUSTED anyway.
@@ -58,6 +59,7 @@ class RunningTracker:
     _owns_store: bool
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     observer: Observer | None = None  # metrics and recent locates (tracker/status_http.py)
+    renewals: Renewals | None = None  # the heartbeats' batches (tracker/renewals.py)
 
     @property
     def address(self) -> str:
@@ -83,9 +85,13 @@ class RunningTracker:
 
 
 async def start(config: TrackerConfig, store: Store | None = None,
-                clock: Callable[[], float] = time.time) -> RunningTracker:
+                clock: Callable[[], float] = time.time, *,
+                reuse_port: bool = False) -> RunningTracker:
     """Open the store (config.db: SQLite path or Redis URL, unless one is given), upsert the configured
     mirrors, bind config.listen (port 0: any free port) and start serving.
+
+    `reuse_port`: bind with SO_REUSEPORT, beside the other workers of `tracker serve
+    --workers N` (tracker/workers.py); otherwise a port in use is an error.
 
     Raises StorageError if the database cannot be opened, ConfigError if the address
     cannot be bound.
@@ -99,15 +105,18 @@ async def start(config: TrackerConfig, store: Store | None = None,
     try:
         for m in config.mirrors:
             await store.put_mirror(MirrorRecord(m.url, m.name, m.sha256, m.size))
-        # TokenCheck first: a caller without the token is refused before anything is decoded.
-        server = grpc.aio.server(options=GRPC_OPTIONS,
-                                 interceptors=[auth.TokenCheck(config.tokens), DecodeErrors()],
+        # No interceptors: tokens and decoding are checked in TrackerHandlers, cheaper per call.
+        options = GRPC_OPTIONS
+        if reuse_port:
+            options = [o for o in GRPC_OPTIONS if o[0] != "grpc.so_reuseport"]
+            options.append(("grpc.so_reuseport", 1))
+        server = grpc.aio.server(options=options,
                                  maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         observer = Observer(store)
-        pb_grpc.add_TrackerServicer_to_server(
-            TrackerServicer(store, lease_seconds=config.lease_seconds,
-                            heartbeat_seconds=config.heartbeat_seconds, clock=clock,
-                            observer=observer), server)
+        servicer = TrackerServicer(store, lease_seconds=config.lease_seconds,
+                                   heartbeat_seconds=config.heartbeat_seconds, clock=clock,
+                                   observer=observer)
+        server.add_generic_rpc_handlers((TrackerHandlers(servicer, config.tokens),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
@@ -127,7 +136,8 @@ async def start(config: TrackerConfig, store: Store | None = None,
         if owns:
             await store.close()
         raise
-    running = RunningTracker(host, port, store, server, health_servicer, owns, observer=observer)
+    running = RunningTracker(host, port, store, server, health_servicer, owns, observer=observer,
+                             renewals=servicer.renewals)
     if config.purge_after_seconds:
         running._tasks.append(asyncio.create_task(
             _purge_loop(store, clock, config.purge_after_seconds, config.lease_seconds)))

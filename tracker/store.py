@@ -100,6 +100,16 @@ class Overview:
     mirror_list: tuple[MirrorRecord, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One heartbeat's lease renewal: by the tracker's clock, when it arrived and the
+    lease's new end."""
+
+    agent_id: str
+    expires_at: float
+    asked_at: float
+
+
 Found = tuple[list[Located], list[MirrorRecord]]
 """What a locate finds: live holdings, and mirrors."""
 
@@ -114,6 +124,12 @@ class Store(Protocol):
 
     async def renew(self, agent_id: str, expires_at: float) -> bool:
         """Extend a live agent's lease. False if the agent is unknown or its lease lapsed."""
+        ...
+
+    async def renew_many(self, renewals: Sequence[Renewal]) -> list[bool]:
+        """Apply many renewals in one write (tracker/renewals.py batches heartbeats so):
+        each extends its agent's lease to at least `expires_at` if the lease was live at
+        `asked_at` (when the heartbeat arrived), and its result says whether it was."""
         ...
 
     async def is_live(self, agent_id: str) -> bool:
