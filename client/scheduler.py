@@ -53,6 +53,7 @@ answers with actions, and never touches a socket, a file or the real clock
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ from client.events import (
 )
 
 NO_OWNER = -1
+
+# With -v, every decision (not Wait) with the time since start, and the rates twice a
+# second: enough to see after the fact where a download lost time.
+log = logging.getLogger("mfetch.scheduler")
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +306,7 @@ class Scheduler:
         self.stripe: tuple[int, int] | None = None  # (rank, count) among the fetchers
         self._last_piece = clock()  # when the last piece was verified (stripe patience)
         self._started = False
+        self._t0 = self._traced_rates = 0.0  # for the -v log
         for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
             self._set_have(src, have)
         self.conns: dict[int, _Conn] = {}
@@ -315,6 +321,7 @@ class Scheduler:
     def start(self) -> list[Action]:
         """The first actions: open connections, or Finished if nothing is left."""
         self._started = True
+        self._t0 = self.clock()
         if self.left == 0:
             self.finished = True
             return [Finished()]
@@ -328,6 +335,23 @@ class Scheduler:
 
     def handle(self, event: Event) -> list[Action]:
         """Feed one event; get the actions it calls for."""
+        out = self._handle(event)
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace(event, out)
+        return out
+
+    def _trace(self, event: Event, out: list[Action]) -> None:
+        t = self.clock() - self._t0
+        for a in out:
+            if not isinstance(a, Wait):
+                log.debug("%.3f %s: %s", t, type(event).__name__, a)
+        if isinstance(event, Tick) and t >= self._traced_rates + 0.5:
+            self._traced_rates = t
+            log.debug("%.3f rates MB/s (connections) %s; %d pieces left", t, ", ".join(
+                f"{s.id}: {self.source_rate(s.id) / 1e6:.1f} ({len(s.conns)})"
+                for s in self.sources if not s.dropped), self.left)
+
+    def _handle(self, event: Event) -> list[Action]:
         if self.finished or self.failed:
             if isinstance(event, ConnectionIdle):
                 return [CloseConnection(event.conn)]
