@@ -781,10 +781,10 @@ class Scheduler:
                 rates[req.id] = r = self._request_rate(req, now)
                 work += max(0, (req.end - req.cursor) * self.piece_size - req.got_in_cursor)
                 healthy += r >= 0.5 * self._conn_rate(c, now)
-            elif src.blocked_until <= now:
-                r = self._idle_rate(c, now)
+            elif src.blocked_until <= now and not src.in_a_row:
+                r = self._idle_rate(c, now)  # waiting for work: it will take some
             else:
-                continue
+                continue  # a failing source's idle connections will take none
             total += r
         if total <= 0 or not healthy:
             # Every request slowed at once: more likely our own process stalled (a busy
