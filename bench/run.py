@@ -21,7 +21,7 @@ random file (sendfile on) from bench/work/data.
 
 Cases
   hetero    4 mirrors at 200/100/50/20 Mbit/s
-  stall     same 4; at 30% of the ideal time the fastest mirror's tbf is
+  stall     same 4; at 30% (--event-at) of the ideal time the fastest mirror's tbf is
             replaced by a 8 kbit/s one (packets beyond a tiny queue are
             dropped), and it stays stalled: connections stay open, data trickles
   die       same 4; at 30% of the ideal time the fastest mirror dies: every
@@ -87,7 +87,7 @@ CLIENT_NS = PREFIX + "c"
 MIB = 1 << 20
 LOOPBACK_PORT = 8080
 STALL_KBIT = 8
-EVENT_FRACTION = 0.30  # of the nominal ideal time
+EVENT_FRACTION = 0.30  # of the nominal ideal time (--event-at)
 PAYLOAD_CEILING = 1448 / 1514
 
 # --------------------------------------------------------------------------- shell
@@ -530,7 +530,8 @@ def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Pat
 
 def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | None,
              timeout_factor: float, die_mode: str, min_timeout: float,
-             repeat: int = 1) -> tuple[list[Result], dict]:
+             repeat: int = 1, event_fraction: float = EVENT_FRACTION
+             ) -> tuple[list[Result], dict]:
     data, digest = make_file(size)
     topo = Topology(case.rates, data.parent)
     results: list[Result] = []
@@ -571,7 +572,7 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
             if case.event and r_0 and case.rates:
                 victim = case.event_mirror
                 rate_v = case.rates[victim] * 1e6 / 8
-                planned = EVENT_FRACTION * size / r_0
+                planned = event_fraction * size / r_0
                 if case.event == "stall":
                     r_1 = r_0 - rate_v + STALL_KBIT * 1e3 / 8
                     events.append((planned, partial(topo.stall, victim)))
@@ -711,7 +712,8 @@ def machine_info(mfetch_bin: str) -> dict[str, str]:
 
 
 def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result], dict]],
-                  argv: list[str], die_mode: str) -> None:
+                  argv: list[str], die_mode: str,
+                  event_fraction: float = EVENT_FRACTION) -> None:
     doc = __doc__ or ""
     formula = doc[doc.index("Ideal time and efficiency"):].strip()
     lines = ["# mfetch benchmark results", "",
@@ -723,8 +725,9 @@ def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result],
         "Topology: one client namespace, one namespace per mirror, a veth pair each; "
         "each mirror's egress shaped with `tc tbf` (no netem, so no added latency); "
         "nginx with sendfile serves a random file from the page cache. "
-        f"Stall: fastest mirror's tbf replaced by {STALL_KBIT} kbit/s at 30% of the ideal "
-        f"time. Die: fastest mirror {death} at 30% of the ideal time."
+        f"Stall: fastest mirror's tbf replaced by {STALL_KBIT} kbit/s at "
+        f"{event_fraction:.0%} of the ideal time. Die: fastest mirror {death} at "
+        f"{event_fraction:.0%} of the ideal time."
     )
     settings = [
         "- mfetch: `mfetch URL... -o OUT --quiet --json` (defaults)",
@@ -773,6 +776,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="run every tool N times per case (one row per run)")
     ap.add_argument("--die-mode", choices=["kill", "linkdown"], default="kill")
+    ap.add_argument("--event-at", type=float, default=EVENT_FRACTION, metavar="FRACTION",
+                    help="when the stall or death comes, as a fraction of the nominal ideal "
+                         "time (default %(default)s; later tests the tail)")
     ap.add_argument("--timeout-factor", type=float, default=4.0,
                     help="timeout = factor * expected ideal + 10 s")
     ap.add_argument("--min-timeout", type=float, default=30.0)
@@ -832,7 +838,8 @@ def main() -> int:
                 continue
             size = args.size or (case.quick_size if args.quick else case.size)
             results, meta = run_case(case, size, tools, only, args.timeout_factor,
-                                     args.die_mode, args.min_timeout, args.repeat)
+                                     args.die_mode, args.min_timeout, args.repeat,
+                                     args.event_at)
             blocks.append((case, results, meta))
             print(f"\n## {case.name}: {case.desc} ({size / MIB:.0f} MiB)\n")
             print("\n".join(fmt_table(case, results, size)), flush=True)
@@ -849,7 +856,7 @@ def main() -> int:
         if blocks:
             results_path.parent.mkdir(parents=True, exist_ok=True)
             write_results(results_path, machine_info(args.mfetch), blocks,
-                          sys.argv[1:], args.die_mode)
+                          sys.argv[1:], args.die_mode, args.event_at)
             log(f"wrote {results_path} (total {time.monotonic() - t_start:.0f}s)")
     return 0
 

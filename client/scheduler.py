@@ -58,6 +58,7 @@ answers with actions, and never touches a socket, a file or the real clock
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ from client.events import (
 
 NO_OWNER = -1
 
+# With -v, every decision (not Wait) with the time since start, and the rates twice a
+# second: enough to see after the fact where a download lost time.
+log = logging.getLogger("mfetch.scheduler")
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
@@ -109,6 +114,10 @@ class SchedulerConfig:
     # Off under a local rate limit: a duplicate then only halves the useful rate, since
     # both copies pass through the same bucket (splitting a range still happens).
     tail_duplicates: bool = True
+    tail_copies: int = 2  # most duplicate copies of one piece at a time
+    # A request keeps what its rate fetches in this many times the expected rest of
+    # the download; the pieces beyond go back to the pool.
+    release_margin: float = 2.0
     swarm_request_pieces: int = 4  # most pieces per request when swarming: news spreads sooner
     # Most connections to one partial holder. Every fetcher asks every peer, so a peer's
     # uplink is shared by all their requests; the fewer at once, the sooner each piece is
@@ -123,7 +132,11 @@ class SchedulerConfig:
 class RateMeter:
     """Bytes per second over windows of ``window`` seconds, smoothed (EWMA).
 
-    Windows with no bytes count as zero, so a stalled stream's rate decays.
+    Windows with no bytes count as zero while the connection has a request in
+    flight, so a stalled stream's rate decays. Between requests the meter is
+    stopped (:meth:`stop`, :meth:`resume`): a connection waiting for work is not
+    slow, and one that waited through the tail must still count as fast when it
+    may take over a stalled request's pieces.
     """
 
     def __init__(self, window: float, now: float) -> None:
@@ -134,6 +147,7 @@ class RateMeter:
         self.samples = 0
         self.first_byte: float | None = None
         self.total = 0
+        self.stopped: float | None = None  # since when no request is in flight
 
     def add(self, n: int, now: float) -> None:
         self._roll(now)
@@ -143,11 +157,28 @@ class RateMeter:
             self.first_byte = now
 
     def value(self, now: float) -> float:
+        if self.stopped is not None:
+            now = self.stopped  # time stands still between requests
         self._roll(now)
         if self.samples == 0 and self.first_byte is not None and now - self.first_byte >= 0.02:
             # Before the first full window: a provisional rate, so requests grow at once.
             return self.total / (now - self.first_byte)
         return self.rate
+
+    def stop(self, now: float) -> None:
+        """No request in flight from now on."""
+        if self.stopped is None:
+            self._roll(now)
+            self.stopped = now
+
+    def resume(self, now: float) -> None:
+        """A request is in flight again: the idle time is left out of every window."""
+        if self.stopped is not None:
+            idle = now - self.stopped
+            self.start += idle
+            if self.first_byte is not None:
+                self.first_byte += idle
+            self.stopped = None
 
     def _roll(self, now: float) -> None:
         elapsed = now - self.start
@@ -188,6 +219,7 @@ class _Conn:
     meter: RateMeter
     request: int | None = None
     last_count: int = 0  # pieces in its last request (slow start doubles it)
+    last_recent: float | None = None  # what its last request carried lately, at its end
 
 
 @dataclass(eq=False)
@@ -201,9 +233,25 @@ class _Request:
     started: float
     cursor: int  # first piece of [first, end) this request has not finished
     got: int = 0  # bytes received
+    arrivals: int = 0  # how many times bytes arrived (got / arrivals: a typical chunk)
     got_in_cursor: int = 0  # bytes received of the piece at `cursor`
     last_byte: float | None = None
     held: bool = False  # held back by the shell's rate limit: not stalled
+    # Two marks (time, got), at least a rate window apart: what it received lately.
+    marks: list[tuple[float, int]] = field(default_factory=list)
+
+    def recent_rate(self, now: float, window: float) -> float | None:
+        """Bytes/s over the last one to two `window`s of this request alone; None
+        while it is younger than `window`. A request that stalls shows 0 here within
+        two windows, when its connection's smoothed rate has only halved."""
+        if not self.marks:
+            self.marks = [(self.started, 0), (self.started, 0)]
+        if now - self.marks[1][0] >= window:
+            self.marks = [self.marks[1], (now, self.got)]
+        t0, got0 = self.marks[0]
+        if now - self.started < window or now <= t0:
+            return None
+        return (self.got - got0) / (now - t0)
 
 
 @dataclass
@@ -268,6 +316,7 @@ class Scheduler:
         self._origin_stripes = 0  # stripes with pieces still only at the origin (as seen here)
         self._last_piece = clock()  # when the last piece was verified (stripe patience)
         self._started = False
+        self._t0 = self._traced_rates = 0.0  # for the -v log
         for src, have in zip(self.sources, list(haves) + [None] * (sources - len(haves))):
             self._set_have(src, have)
         self.conns: dict[int, _Conn] = {}
@@ -282,6 +331,7 @@ class Scheduler:
     def start(self) -> list[Action]:
         """The first actions: open connections, or Finished if nothing is left."""
         self._started = True
+        self._t0 = self.clock()
         if self.left == 0:
             self.finished = True
             return [Finished()]
@@ -295,6 +345,23 @@ class Scheduler:
 
     def handle(self, event: Event) -> list[Action]:
         """Feed one event; get the actions it calls for."""
+        out = self._handle(event)
+        if log.isEnabledFor(logging.DEBUG):
+            self._trace(event, out)
+        return out
+
+    def _trace(self, event: Event, out: list[Action]) -> None:
+        t = self.clock() - self._t0
+        for a in out:
+            if not isinstance(a, Wait):
+                log.debug("%.3f %s: %s", t, type(event).__name__, a)
+        if isinstance(event, Tick) and t >= self._traced_rates + 0.5:
+            self._traced_rates = t
+            log.debug("%.3f rates MB/s (connections) %s; %d pieces left", t, ", ".join(
+                f"{s.id}: {self.source_rate(s.id) / 1e6:.1f} ({len(s.conns)})"
+                for s in self.sources if not s.dropped), self.left)
+
+    def _handle(self, event: Event) -> list[Action]:
         if self.finished or self.failed:
             if isinstance(event, ConnectionIdle):
                 return [CloseConnection(event.conn)]
@@ -382,8 +449,11 @@ class Scheduler:
         return SourceStats(s.bytes, s.pieces, s.failures, s.dropped, len(s.conns))
 
     def source_rate(self, source: int) -> float:
+        """What a source carries now: the rates of its connections with a request in
+        flight (an idle connection's meter keeps its rate for its next request)."""
         now = self.clock()
-        return sum(self.conns[c].meter.value(now) for c in self.sources[source].conns)
+        return sum(c.meter.value(now) for cid in self.sources[source].conns
+                   if (c := self.conns[cid]).request is not None)
 
     # ---- events ---------------------------------------------------------
 
@@ -410,8 +480,10 @@ class Scheduler:
             return
         now = self.clock()
         req.got += n
+        req.arrivals += 1
         req.got_in_cursor += n
         req.last_byte = now
+        req.recent_rate(now, self.cfg.rate_window)  # keeps its marks a window apart
         self.conns[req.conn].meter.add(n, now)
         self.sources[req.source].bytes += n
 
@@ -520,6 +592,7 @@ class Scheduler:
                     req.id, Fault(FaultKind.TRANSIENT, f"{what} for {limit:g}s")
                 )
         self._count_origin_stripes()
+        out += self._release_far_pieces(now)
         for src in self.sources:
             if not src.dropped:
                 out += self._adapt(src, now)
@@ -637,12 +710,19 @@ class Scheduler:
         return None if best is None else (best, best_avail)
 
     def _steal(self, conn: _Conn, now: float) -> list[Action]:
-        """Nothing unclaimed: split the slowest request or duplicate its piece."""
-        my_rate = self._conn_rate(conn, now)
+        """Nothing unclaimed: split the slowest request or duplicate a piece.
+
+        Victims are tried from the one expected to finish last: the first whose
+        far part this connection would finish sooner is split; failing that, the
+        first whose current piece nobody copies yet and this connection would
+        clearly win is duplicated. Several idle connections thus take on several
+        slow requests at once, not queue up behind the slowest one.
+        """
+        my_rate = self._idle_rate(conn, now)
         if my_rate <= 0:
             return [Wait(conn.id)]
-        victim, victim_left = None, 0.0
         thief = self.sources[conn.source]
+        victims: list[tuple[float, _Request]] = []
         for req in self.requests.values():
             if req.buffered or req.source == conn.source and not self.sources[req.source].ranges:
                 continue
@@ -656,39 +736,97 @@ class Scheduler:
                 # its rate before copying it, or every new request gets a twin.
                 continue
             left = self._time_left(req, now)
-            if left > victim_left:
-                victim, victim_left = req, left
-        if victim is None:
-            return [Wait(conn.id)]
-        v_rate = self._conn_rate(self.conns[victim.conn], now)
+            if left > 0:
+                victims.append((left, req))
+        victims.sort(key=lambda v: v[0], reverse=True)
         latency = self.cfg.latency_guess
-        # Split: pieces the victim has not started, shared so both end together.
-        spare = victim.end - (victim.cursor + 1)
-        if spare >= 1:
-            share = my_rate / (my_rate + v_rate) if v_rate > 0 else 1.0
-            # No more than a normal request's worth: a stalled victim's range is then
-            # handed out in portions, each to whoever is idle and fastest, not all to
-            # the first thief (which may be slow itself).
-            portion = max(1, int(my_rate * self.cfg.request_seconds // self.piece_size))
-            take = min(int(spare * share), portion)
-            while take >= 1 and not all(thief.holds(p) for p in range(victim.end - take,
-                                                                       victim.end)):
-                take -= 1
-            if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
-                cut = victim.end - take
-                victim.end = cut
-                for p in range(cut, cut + take):
-                    self.owner[p] = NO_OWNER
-                return [Truncate(victim.id, cut),
-                        self._fetch(conn, cut, cut + take, buffered=False)]
-        # Duplicate the piece the victim is working on, if we would clearly win.
-        piece = victim.cursor
-        if self.cfg.tail_duplicates and piece < victim.end and not self.done[piece] \
-                and not self.dups.get(piece) and thief.holds(piece):
-            mine = self._piece_bytes(piece) / my_rate + latency
-            if mine * self.cfg.tail_margin < self._piece_time_left(victim, now):
-                return [self._fetch(conn, piece, piece + 1, buffered=True)]
+        for victim_left, victim in victims:
+            v_rate = self._request_rate(victim, now)
+            # Split: pieces the victim has not started, shared so both end together.
+            spare = victim.end - (victim.cursor + 1)
+            if spare >= 1:
+                share = my_rate / (my_rate + v_rate) if v_rate > 0 else 1.0
+                # No more than a normal request's worth: a stalled victim's range is then
+                # handed out in portions, each to whoever is idle and fastest, not all to
+                # the first thief (which may be slow itself).
+                portion = max(1, int(my_rate * self.cfg.request_seconds // self.piece_size))
+                take = min(int(spare * share), portion)
+                while take >= 1 and not all(thief.holds(p) for p in range(victim.end - take,
+                                                                           victim.end)):
+                    take -= 1
+                if take >= 1 and take * self.piece_size / my_rate + latency < victim_left:
+                    cut = victim.end - take
+                    victim.end = cut
+                    for p in range(cut, cut + take):
+                        self.owner[p] = NO_OWNER
+                    return [Truncate(victim.id, cut),
+                            self._fetch(conn, cut, cut + take, buffered=False)]
+            # Duplicate the piece the victim is working on, if we would clearly beat it
+            # and every copy already under way (a copy on a connection that has
+            # stalled since must not shut out a better one): at most two copies.
+            piece = victim.cursor
+            copies = self.dups.get(piece, ())
+            if self.cfg.tail_duplicates and piece < victim.end and not self.done[piece] \
+                    and len(copies) < self.cfg.tail_copies and thief.holds(piece):
+                mine = (self._piece_bytes(piece) / my_rate + latency) * self.cfg.tail_margin
+                if mine < self._piece_time_left(victim, now) and all(
+                        mine < self._piece_time_left(self.requests[c], now) for c in copies):
+                    return [self._fetch(conn, piece, piece + 1, buffered=True)]
         return [Wait(conn.id)]
+
+    def _release_far_pieces(self, now: float) -> list[Action]:
+        """Truncate every request that holds more than it can fetch while the rest of
+        the download takes place, and put its far pieces back in the pool.
+
+        The rest takes about T = (unclaimed bytes + what requests have left) / (the
+        summed rates of every connection). A request keeps its current piece and as
+        many more as its own recent rate carries in ``release_margin`` × T. A
+        request whose source stalls (no byte lately, or only a trickle) thus hands
+        back its range within a few tenths of a second, and the other connections
+        take those pieces in requests sized to their own rates while the pool still
+        has work for everyone, rather than later, in the tail, piece by piece.
+        """
+        if self.swarm or not self.requests:
+            return []  # peers hold only some pieces: the swarm rules decide who asks for what
+        rates: dict[int, float] = {}
+        total = 0.0
+        work = 0
+        healthy = 0
+        for c in self.conns.values():
+            src = self.sources[c.source]
+            if src.dropped or not src.ranges:
+                continue
+            req = self.requests.get(c.request) if c.request is not None else None
+            if req is not None and not req.buffered:
+                rates[req.id] = r = self._request_rate(req, now)
+                work += max(0, (req.end - req.cursor) * self.piece_size - req.got_in_cursor)
+                healthy += r >= 0.5 * self._conn_rate(c, now)
+            elif src.blocked_until <= now and not src.in_a_row:
+                r = self._idle_rate(c, now)  # waiting for work: it will take some
+            else:
+                continue  # a failing source's idle connections will take none
+            total += r
+        if total <= 0 or not healthy:
+            # Every request slowed at once: more likely our own process stalled (a busy
+            # machine) than every source together; and if it is every source, there
+            # is nobody to hand the pieces to anyway.
+            return []
+        rest = (work + self._unclaimed_bytes()) / total * self.cfg.release_margin
+        out: list[Action] = []
+        for rid, rate in rates.items():
+            req = self.requests[rid]
+            if req.held or now - req.started < self.cfg.rate_window:
+                continue  # our own rate limit; or too young to judge
+            keep = req.cursor + 1 + int(rate * rest // self.piece_size)
+            if keep >= req.end:
+                continue
+            cut, req.end = req.end, keep
+            for p in range(keep, cut):
+                if self.owner[p] == rid:
+                    self.owner[p] = NO_OWNER
+                    self._low = min(self._low, p)
+            out.append(Truncate(rid, keep))
+        return out
 
     def _adapt(self, src: _Source, now: float) -> list[Action]:
         """Grow a source's connections while each new one raises its throughput."""
@@ -718,6 +856,7 @@ class Scheduler:
         req = _Request(rid, conn.id, conn.source, first, end, buffered, self.clock(), first)
         self.requests[rid] = req
         conn.request = rid
+        conn.meter.resume(req.started)
         for p in range(first, end):
             if buffered:
                 self.dups.setdefault(p, set()).add(rid)
@@ -731,6 +870,11 @@ class Scheduler:
         conn = self.conns.get(req.conn)
         if conn is not None and conn.request == req.id:
             conn.request = None
+            now = self.clock()
+            measured = self._measured_rate(req, now)
+            if measured is not None:  # else what the one before showed still stands
+                conn.last_recent = measured
+            conn.meter.stop(now)
         for p in range(req.first, req.end):  # by ownership: a cursor can never orphan a piece
             if self.owner[p] == req.id:
                 self.owner[p] = NO_OWNER
@@ -775,7 +919,9 @@ class Scheduler:
         while not src.dropped and len(src.conns) < src.target \
                 and self._host_connections(src) < self.cfg.max_connections_per_host:
             cid = self._new_id()
-            self.conns[cid] = _Conn(cid, src.id, RateMeter(self.cfg.rate_window, self.clock()))
+            meter = RateMeter(self.cfg.rate_window, self.clock())
+            meter.stop(self.clock())  # it runs while a request is in flight
+            self.conns[cid] = _Conn(cid, src.id, meter)
             src.conns.add(cid)
             out.append(OpenConnection(cid, src.id))
         return out
@@ -795,6 +941,15 @@ class Scheduler:
             return sum(known) / len(src.conns)
         return self.piece_size / self.cfg.request_seconds
 
+    def _idle_rate(self, conn: _Conn, now: float) -> float:
+        """What an idle connection is expected to carry on its next request: its
+        measured rate, unless its last request had slowed to under half of that
+        lately (its source stalled: the smoothed rate is still catching up)."""
+        rate = self._conn_rate(conn, now)
+        if conn.last_recent is not None and conn.last_recent < 0.5 * rate:
+            return conn.last_recent
+        return rate
+
     def _unclaimed_bytes(self) -> int:
         n = 0
         for p in range(self._low, self.pieces):
@@ -805,14 +960,39 @@ class Scheduler:
     def _piece_bytes(self, piece: int) -> int:
         return min(self.piece_size, self.size - piece * self.piece_size)
 
-    def _time_left(self, req: _Request, now: float) -> float:
+    def _request_rate(self, req: _Request, now: float) -> float:
+        """What `req` carries now: its connection's rate, or less if the request
+        has received less than that lately (a stall shows here first)."""
+        measured = self._measured_rate(req, now)
+        return self._idle_rate(self.conns[req.conn], now) if measured is None else measured
+
+    def _measured_rate(self, req: _Request, now: float) -> float | None:
+        """`req`'s own evidence of its rate, None while it has none: its connection's
+        smoothed rate, bounded by what the request received in the last window or
+        two and, when it has been quiet for far longer than its chunks usually take
+        to come, by about a chunk per quiet time (this falls at once when a source
+        goes silent, where the recent rate takes up to two windows)."""
         rate = self._conn_rate(self.conns[req.conn], now)
+        recent = req.recent_rate(now, self.cfg.rate_window)
+        measured = recent is not None
+        if recent is not None:
+            rate = min(rate, recent)
+        if req.last_byte is not None and req.arrivals and not req.held and rate > 0:
+            chunk = req.got / req.arrivals
+            quiet = now - req.last_byte
+            if quiet > max(4 * chunk / rate, self.cfg.rate_window):
+                rate = min(rate, chunk / quiet)
+                measured = True
+        return rate if measured else None
+
+    def _time_left(self, req: _Request, now: float) -> float:
+        rate = self._request_rate(req, now)
         left = sum(self._piece_bytes(p) for p in range(req.cursor, req.end) if not self.done[p])
         left -= req.got_in_cursor
         return max(0, left) / rate if rate > 0 else float("inf")
 
     def _piece_time_left(self, req: _Request, now: float) -> float:
-        rate = self.conns[req.conn].meter.value(now)
+        rate = min(self.conns[req.conn].meter.value(now), self._request_rate(req, now))
         left = self._piece_bytes(req.cursor) - req.got_in_cursor
         if rate <= 0:
             return float("inf") if req.last_byte is not None else self.cfg.first_byte_timeout

@@ -17,7 +17,24 @@ SCENARIOS = [
     ("heterogeneous", [SimSource(25 * MB, per_conn=10 * MB), SimSource(12.5 * MB, per_conn=10 * MB),
                        SimSource(6 * MB), SimSource(2.5 * MB)], 0.92),
     ("fastest stalls mid-run", [SimSource(25 * MB, per_conn=10 * MB, stall_at=1.5, trickle=1000),
-                                SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)], 0.90),
+                                SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)], 0.95),
+    # Late in the download (ideal 4.35 s without the stall), when the pool of unclaimed
+    # pieces is short or empty: what the stalled source holds must come back at once.
+    # A trickle (not zero bytes) never trips the stall timeout, and once made a download
+    # wait minutes for the last piece at 1 kB/s.
+    ("fastest trickles late", [SimSource(25 * MB, per_conn=10 * MB, stall_at=3.5, trickle=1000),
+                               SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)], 0.92),
+    ("fastest trickles near the end",
+     [SimSource(25 * MB, per_conn=10 * MB, stall_at=3.9, trickle=1000),
+      SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)], 0.92),
+    # A host that vanishes (its link goes down): connections fall silent, and new ones
+    # never answer.
+    ("fastest vanishes near the end", [SimSource(25 * MB, per_conn=10 * MB, stall_at=3.9),
+                                       SimSource(12.5 * MB), SimSource(6 * MB),
+                                       SimSource(2.5 * MB)], 0.92),
+    ("fastest dies near the end", [SimSource(25 * MB, per_conn=10 * MB, die_at=3.9),
+                                   SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)],
+     0.92),
     ("fastest stalls dead silent", [SimSource(25 * MB, stall_at=1.0), SimSource(12.5 * MB),
                                     SimSource(6 * MB)], 0.85),
     ("a mirror dies mid-run", [SimSource(25 * MB, per_conn=10 * MB), SimSource(12.5 * MB, die_at=2.0),
@@ -152,7 +169,7 @@ def test_a_duplicate_winning_ahead_of_its_new_owner_orphans_nothing() -> None:
     d = s._fetch(s.conns[c[1]], 2, 5, buffered=False).request
     a = s._fetch(s.conns[c[0]], 5, 6, buffered=False).request
     f = s._fetch(s.conns[c[3]], 6, 10, buffered=False).request
-    for now in (0.0, 1.0):
+    for now in (0.0, 0.4):  # e and f are younger than a rate window: not victims yet
         t[0] = now
         s.handle(ev.BytesReceived(a, 1000))
         s.handle(ev.BytesReceived(d, 5000 * PIECE))
@@ -188,3 +205,49 @@ def test_sources_without_ranges_never_share_a_piece() -> None:
     mine = {p for p in range(10) if s.may_write(r2.request, p)}
     theirs = {p for p in range(10) if s.may_write(r1.request, p)}
     assert not mine & theirs
+
+
+def test_a_stalled_request_hands_its_far_pieces_back_at_once() -> None:
+    """A source that falls silent mid-request keeps only its current piece: within
+    about a second its far pieces are back in the pool for the others, long before
+    the stall timeout (8 s) would free them."""
+    s, now = _sched(pieces=64, sources=2, initial_connections=1)
+    c_stalls, c_fine = (s.conns[a.conn] for a in _open_conns(s.start()))
+    stalls = s._fetch(c_stalls, 0, 20, buffered=False).request
+    fine = s._fetch(c_fine, 20, 40, buffered=False).request
+    got = {stalls: 0, fine: 20}
+
+    def piece(rid: int) -> None:  # one more piece in 0.25 s: about 1 MB/s
+        s.handle(ev.BytesReceived(rid, PIECE))
+        s.handle(ev.PieceDone(rid, got[rid]))
+        got[rid] += 1
+
+    truncated: list[ev.Truncate] = []
+    for step in range(1, 11):
+        now[0] = step * 0.25
+        if now[0] <= 1.0:  # then it falls silent
+            piece(stalls)
+        piece(fine)
+        truncated += [a for a in s.handle(ev.Tick()) if isinstance(a, ev.Truncate)]
+    assert [(t.request, t.end) for t in truncated] == [(stalls, 5)]  # its current piece
+    assert s.request_end(stalls) == 5 and s.stats(0).failures == 0  # not failed
+    s.handle(ev.RequestEnded(fine))
+    again = s.handle(ev.ConnectionIdle(c_fine.id))[0]
+    assert isinstance(again, ev.Fetch) and again.first == 5  # the pool has them back
+
+
+def test_an_idle_connection_keeps_its_rate() -> None:
+    """Waiting for work is not being slow: after a long wait at the tail, a fast
+    connection still counts as fast when a stalled request needs taking over."""
+    s, now = _sched(pieces=64, initial_connections=1)
+    (c,) = _open_conns(s.start())
+    f = s.handle(ev.ConnectionIdle(c.conn))[0]
+    assert isinstance(f, ev.Fetch)
+    for step in range(1, 11):
+        now[0] = step * 0.1
+        s.handle(ev.BytesReceived(f.request, 1_000_000))
+    s.handle(ev.RequestEnded(f.request))
+    before = s.connection_rate(c.conn)
+    now[0] = 30.0
+    assert before > 5 * MB and s.connection_rate(c.conn) == before
+    assert s.source_rate(0) == 0  # but nothing is arriving: the display shows none
