@@ -30,7 +30,12 @@ Cases
             (--die-mode linkdown: packets vanish, peers see silence)
   sixteen   16 mirrors at 100/50/25/10 Mbit/s (x4)
   loopback  one unshaped source on loopback: raw speed and CPU; `curl -o` is
-            the reference
+            the reference. Outputs go to this machine's disk: mfetch flushes
+            the file (fsync) before it exits, the other tools leave it dirty
+            in the page cache
+  loopback-tmpfs
+            the same with every output on a tmpfs, so the disk is left out
+            and what remains is the network path and the tool's CPU
   memory-1g, memory-4g
             one loopback source, mfetch with 32 connections (mfetch-32) and
             aria2c tuned: peak RSS must stay flat as the file grows 1 -> 4 GiB
@@ -132,7 +137,11 @@ def kill_ns_processes(ns: str) -> None:
 
 
 def cleanup_all() -> None:
-    """Remove every namespace (and so every veth and nginx) we may have left."""
+    """Remove every namespace (and so every veth and nginx) we may have left, and the
+    outputs' tmpfs."""
+    tmp_out = WORK / "out-tmpfs"
+    if os.path.ismount(tmp_out):
+        sh("umount", str(tmp_out), check=False)
     for ns in our_namespaces():
         kill_ns_processes(ns)
         sh("ip", "netns", "del", ns, check=False)
@@ -393,6 +402,9 @@ class Case:
     tools: list[str]
     event: str | None = None  # "stall" | "die"
     event_mirror: int = 0
+    # Outputs on a tmpfs: what the network and the tool's CPU allow, without this
+    # machine's disk (mfetch flushes the file to disk before it exits; the others don't).
+    out_tmpfs: bool = False
 
 
 MULTI = ["mfetch", "aria2c", "aria2c-tuned", "axel"]
@@ -407,6 +419,8 @@ CASES = [
          512 * MIB, 32 * MIB, MULTI),
     Case("loopback", "1 unshaped source on loopback (raw speed, CPU); curl -o is the reference",
          None, 2048 * MIB, 128 * MIB, MULTI + ["curl"]),
+    Case("loopback-tmpfs", "the same, every output on a tmpfs (the disk left out)",
+         None, 2048 * MIB, 128 * MIB, MULTI + ["curl"], out_tmpfs=True),
     # Peak RSS must not grow with the file: the same 32 connections at 1 and 4 GiB.
     Case("memory-1g", "1 unshaped source on loopback, 32 connections, 1 GiB (peak RSS)",
          None, 1024 * MIB, 64 * MIB, ["mfetch-32", "aria2c-tuned"]),
@@ -536,7 +550,10 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
     topo = Topology(case.rates, data.parent)
     results: list[Result] = []
     meta: dict = {"size": size, "rates": case.rates, "sha256": digest}
-    out_dir = WORK / "out"
+    out_dir = WORK / ("out-tmpfs" if case.out_tmpfs else "out")
+    if case.out_tmpfs:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sh("mount", "-t", "tmpfs", "-o", f"size={size + 64 * MIB}", "mfb-out", str(out_dir))
     try:
         log(f"[{case.name}] building topology ({len(topo.mirrors)} source(s)) ...")
         topo.up()
@@ -552,9 +569,7 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                     results.append(Result(tname, "skipped (not installed)", 0, 0, 0, None, None))
                 continue
             topo.reset()
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            out_dir.mkdir(parents=True)
+            empty_dir(out_dir)
             out = out_dir / data.name
             tool_urls = urls[:1] if tool.single_source else urls
 
@@ -627,11 +642,23 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
             eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
             log(f"[{case.name}] {label}: {res} wall {wall:.2f}s cpu {r.cpu:.2f}s "
                 f"rss {r.rss_mib}MiB eff {eff}")
-            shutil.rmtree(out_dir, ignore_errors=True)
+            empty_dir(out_dir)
     finally:
         log(f"[{case.name}] tearing down")
         topo.down()
+        if case.out_tmpfs:
+            sh("umount", str(out_dir), check=False)
     return results, meta
+
+
+def empty_dir(d: Path) -> None:
+    """`d` exists and is empty (it may be a mount point, which stays)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for child in d.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 # ----------------------------------------------------------------------- reports
