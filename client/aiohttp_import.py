@@ -39,4 +39,4 @@ def import_aiohttp() -> None:
                 os.environ[k] = v
 
 
-import_aiohttp()
+

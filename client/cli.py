@@ -21,8 +21,6 @@ import signal
 import sys
 import time
 
-# First: it imports aiohttp without loading the CA store (~0.1 s of start-up for nothing).
-from client import aiohttp_import  # noqa: F401  # isort: skip
 from client import checksums, metalink
 from client import config as client_config
 from client.fetcher import Fetcher, Result, SourceReport, content_key
