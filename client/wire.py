@@ -40,7 +40,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-BUFFER = 256 * 1024  # each of a connection's two receive buffers
+BUFFER = 1024 * 1024  # the most each of a connection's two receive buffers holds
+MIN_BUFFER = 64 * 1024
+BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connections
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 MAX_FIELDS = 256
 MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or a trailer line
@@ -268,12 +270,13 @@ def request_head(url: str, headers: Iterable[tuple[str, str]], method: str = "GE
 class Connection(asyncio.BufferedProtocol):
     """One socket. Bytes land in one of two buffers; :meth:`take` hands the filled
     one to the reader (valid until the next take) and the socket goes on filling
-    the other. Reading pauses when both are full, so memory stays at 2 x BUFFER."""
+    the other. Reading pauses when both are full, so memory stays at 2 x size."""
 
-    def __init__(self, key: str, read_timeout: float | None) -> None:
+    def __init__(self, key: str, read_timeout: float | None, size: int = BUFFER) -> None:
         self.key = key
         self.read_timeout = read_timeout
-        self._bufs = (bytearray(BUFFER), bytearray(BUFFER))
+        self.size = size
+        self._bufs = (bytearray(size), bytearray(size))
         self._cur = 0
         self._fill = 0
         self.want: int | None = None  # at most this many more bytes are read (None: any)
@@ -293,14 +296,14 @@ class Connection(asyncio.BufferedProtocol):
             self.sock = transport.get_extra_info("socket")
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        end = BUFFER if self.want is None else min(BUFFER, self._fill + self.want)
+        end = self.size if self.want is None else min(self.size, self._fill + self.want)
         return memoryview(self._bufs[self._cur])[self._fill:end]
 
     def buffer_updated(self, nbytes: int) -> None:
         self._fill += nbytes
         if self.want is not None:
             self.want -= nbytes
-        if self._fill >= BUFFER or self.want == 0:
+        if self._fill >= self.size or self.want == 0:
             self._pause()
         self._wake()
 
@@ -522,6 +525,7 @@ class WireClient:
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._all: set[Connection] = set()
         self.connections_opened = 0  # for tests: keep-alive reuse is visible
+        self._buffered = 0  # bytes of receive buffers held by open connections
 
     async def get(self, url: str, headers: Iterable[tuple[str, str]]) -> Response:
         """Send GET `url` and wait for its head (1xx answers are skipped). Raises
@@ -553,15 +557,13 @@ class WireClient:
                 try:
                     return await self._exchange(conn, url, data)
                 except Disconnected:
-                    conn.close()
-                    self._all.discard(conn)
+                    self._drop(conn)
                     # A kept-alive connection the server closed meanwhile: once more, anew
                     # (GET is idempotent, RFC 9110 §9.2.2).
                     if not reused or attempt:
                         raise
                 except BaseException:
-                    conn.close()
-                    self._all.discard(conn)
+                    self._drop(conn)
                     raise
             raise AssertionError("unreachable")
         except BaseException:
@@ -571,8 +573,7 @@ class WireClient:
 
     async def close(self) -> None:
         for conn in list(self._all):
-            conn.close()
-        self._all.clear()
+            self._drop(conn)
         self._idle.clear()
 
     def _pooled(self, key: str) -> Connection | None:
@@ -581,13 +582,15 @@ class WireClient:
             conn = idle.pop()
             if conn.usable:
                 return conn
-            conn.close()
-            self._all.discard(conn)
+            self._drop(conn)
         return None
 
     async def _connect(self, key: str, host: str, port: int, tls: bool) -> Connection:
         loop = asyncio.get_running_loop()
-        conn = Connection(key, self.read_timeout)
+        # Big buffers mean fewer wake-ups per byte (what loopback speed needs); the
+        # budget keeps 32 connections within a few MiB: later ones get smaller ones.
+        size = max(MIN_BUFFER, min(BUFFER, (BUFFER_BUDGET - self._buffered) // 2))
+        conn = Connection(key, self.read_timeout, size)
         ctx = self._tls() if tls else None
         try:
             coro = loop.create_connection(lambda: conn, host, port, ssl=ctx,
@@ -611,6 +614,7 @@ class WireClient:
             except OSError:
                 pass
         self._all.add(conn)
+        self._buffered += 2 * conn.size
         self.connections_opened += 1
         return conn
 
@@ -644,5 +648,10 @@ class WireClient:
             conn.idle()
             self._idle.setdefault(conn.key, []).append(conn)
         else:
-            conn.close()
+            self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        conn.close()
+        if conn in self._all:
             self._all.discard(conn)
+            self._buffered -= 2 * conn.size
