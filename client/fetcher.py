@@ -30,7 +30,6 @@ from client.http import (
     validator_of,
 )
 from client.plan import Plan, SourcePlan
-from client.repair import UNKNOWN, repair
 from client.scheduler import Scheduler, SchedulerConfig
 from client.storage import ContentKey, PartFile
 from common import bitfield
@@ -39,6 +38,7 @@ from common.ratelimit import TokenBucket
 
 log = logging.getLogger("mfetch")
 _T = TypeVar("_T")
+UNKNOWN = -1  # who sent a piece verified in an earlier run: nobody to blame
 
 READ_CHUNK = 256 * 1024
 TICK = 0.1
@@ -328,6 +328,8 @@ class Fetcher:
         if sha != self.plan.sha256 and self.plan.piece_hashes is None and len(self.sources) > 1:
             log.warning("the file's sha256 does not match: finding which source lied")
             urls = [s.url for s in self.sources]
+            from client.repair import repair  # only when the whole file is wrong
+
             fixed = await repair(self.http, self.store, urls, self.plan.size,
                                  self.plan.piece_size, self.delivered_by, self.plan.sha256)
             liar = urls.index(fixed.liar)

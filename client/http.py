@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
-import http.cookiejar
 import netrc
 import socket
 import ssl
@@ -290,6 +289,8 @@ class Cookie:
 def load_cookies(path: str) -> list[Cookie]:
     """The unexpired cookies of a Netscape-format file (curl -c / wget --save-cookies).
     Raises ConfigError."""
+    import http.cookiejar  # ~10 ms (it loads urllib.request): only with --cookie
+
     cj = http.cookiejar.MozillaCookieJar(path)
     try:
         # Expiry 0 marks a session cookie (as curl writes them): keep those.
