@@ -155,20 +155,23 @@ class PieceSink:
         if not good:
             f.emit(ev.PieceBad(self.req.request, piece))
             return False
-        if not f.sched.is_done(piece) and piece not in f.finalizing:
-            if buf is not None:
+        if not f.store.done[piece] and piece not in f.finalizing:
+            if buf is None:  # streamed: its bytes are on disk (every job was awaited)
+                f.landed(piece, self.req.source)
+            else:
                 # Through the writer, after any chunk of this piece queued before; no
-                # streaming request may queue more of it meanwhile (finalizing).
+                # streaming request queues more of it meanwhile (finalizing), and it
+                # counts as done only once written, even if this request is cancelled.
                 f.finalizing.add(piece)
-                try:
-                    await f.writer.run(f.store.pwrite, piece * plan.piece_size, buf,
-                                       nbytes=len(buf))
-                finally:
+                source = self.req.source
+
+                def written(job: asyncio.Future[None] | None) -> None:
                     f.finalizing.discard(piece)
-            if not f.sched.is_done(piece):
-                f.store.mark_done(piece)
-                f.delivered_by[piece] = self.req.source
-                f.pieces_changed.set()
+                    if job is None or (not job.cancelled() and job.exception() is None):
+                        f.landed(piece, source)
+
+                await f.writer.run(f.store.pwrite, piece * plan.piece_size, buf,
+                                   nbytes=len(buf), on_done=written)
         f.emit(ev.PieceDone(self.req.request, piece))
         return True
 
@@ -222,13 +225,22 @@ class _Writer:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._queued = 0
 
-    async def run(self, fn: Callable[..., _T], *args: Any, nbytes: int) -> _T:
+    async def run(self, fn: Callable[..., _T], *args: Any, nbytes: int,
+                  on_done: Callable[[asyncio.Future[Any] | None], None] | None = None) -> _T:
+        """fn(*args) in the writer thread (or inline); `on_done` is called on the loop
+        with the job's future once it has run (None if run inline), even when the
+        caller was cancelled meanwhile."""
         if nbytes < self.INLINE and self._queued == 0:
-            return fn(*args)
+            result = fn(*args)
+            if on_done is not None:
+                on_done(None)
+            return result
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, "mfetch-writer")
         self._queued += 1
         fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        if on_done is not None:
+            fut.add_done_callback(on_done)
         try:
             # The job cannot be stopped once queued, and the caller's buffer must stay
             # untouched until it is done: a cancellation waits for it, then goes on.
@@ -343,6 +355,13 @@ class Fetcher:
                 f"the file's sha256 is {sha.hex()}, expected {self.plan.sha256.hex()}; "
                 f"kept as {self.store.part.name}")
         return sha.hex()
+
+    def landed(self, piece: int, source: int) -> None:
+        """A verified piece is on disk: record it (vouched for at the next checkpoint)."""
+        if not self.store.done[piece]:
+            self.store.mark_done(piece)
+            self.delivered_by[piece] = source
+            self.pieces_changed.set()
 
     def add_source(self, source: SourcePlan) -> int:
         """A source found mid-download (swarming: a peer); returns its index."""

@@ -46,6 +46,9 @@ BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connect
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 MAX_FIELDS = 256
 MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or a trailer line
+# An idle connection is closed after this long (as aiohttp's pool did), before the
+# agent's own keep-alive timeout (75 s) would close it under a request on its way.
+KEEPALIVE = 15.0
 
 
 class WireError(OSError):
@@ -247,7 +250,8 @@ def request_head(url: str, headers: Iterable[tuple[str, str]], method: str = "GE
     u = urlsplit(url)
     if not u.hostname:
         raise ValueError(f"{url}: no host")
-    host = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
+    name = u.hostname if u.hostname.isascii() else u.hostname.encode("idna").decode()
+    host = name if ":" not in name else f"[{name}]"
     default = 443 if u.scheme == "https" else 80
     if u.port is not None and u.port != default:
         host = f"{host}:{u.port}"
@@ -256,7 +260,10 @@ def request_head(url: str, headers: Iterable[tuple[str, str]], method: str = "GE
     target = quote(u.path or "/", safe="/%:@!$&'()*+,;=-._~")
     if u.query:
         target += "?" + quote(u.query, safe="/?%:@!$&'()*+,;=-._~")
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    headers = list(headers)
+    lines = [f"{method} {target} HTTP/1.1"]
+    if not any(k.lower() == "host" for k, _ in headers):  # -H 'Host: ...' wins, as in curl
+        lines.append(f"Host: {host}")
     for k, v in headers:
         if any(c in k or c in v for c in "\r\n\0") or not k:
             raise ValueError(f"header {k!r} cannot be sent")
@@ -287,6 +294,7 @@ class Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self.sock: socket.socket | None = None
         self._lowat = 1
+        self.idle_since = 0.0
 
     # -- asyncio's side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -353,6 +361,7 @@ class Connection(asyncio.BufferedProtocol):
         """Back in the pool: read anything (so a close or stray bytes are noticed)."""
         self.want = None
         self.set_lowat(1)
+        self.idle_since = asyncio.get_running_loop().time()
         if self._paused:
             self._resume()
 
@@ -556,7 +565,7 @@ class WireClient:
                     conn, reused = await self._connect(key, host, port, tls), False
                 try:
                     return await self._exchange(conn, url, data)
-                except Disconnected:
+                except (Disconnected, ConnectionError):
                     self._drop(conn)
                     # A kept-alive connection the server closed meanwhile: once more, anew
                     # (GET is idempotent, RFC 9110 §9.2.2).
@@ -578,9 +587,10 @@ class WireClient:
 
     def _pooled(self, key: str) -> Connection | None:
         idle = self._idle.get(key)
+        now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if conn.usable:
+            if conn.usable and now - conn.idle_since < KEEPALIVE:
                 return conn
             self._drop(conn)
         return None

@@ -141,6 +141,12 @@ def test_request_head_has_host_and_an_encoded_target():
     assert b"Host: h\r\n" in wire.request_head("https://h:443/", [])
 
 
+def test_request_head_takes_the_callers_host_and_encodes_idna():
+    raw = wire.request_head("http://h:81/", [("host", "other")])
+    assert b"Host: h" not in raw and raw.count(b"host: other\r\n") == 1
+    assert b"Host: xn--bcher-kva.example\r\n" in wire.request_head("http://b\u00fccher.example/", [])
+
+
 def test_request_head_refuses_a_header_that_would_split_the_request():
     with pytest.raises(ValueError):
         wire.request_head("http://h/", [("X", "a\r\nInjected: 1")])
@@ -318,7 +324,7 @@ async def test_informational_answers_are_skipped():
 
 
 async def test_bytes_beyond_the_body_are_never_read_as_the_body_nor_reused():
-    async with scripted(keep_alive(b"abc", b"")) as (url, script):
+    async with scripted(keep_alive(b"abc", b"")) as (_url, _script):
         async def extra(reader, writer, s):
             while await s.read_request(reader) is not None:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcXYZ")
@@ -467,7 +473,7 @@ async def _mfetch(*args: str) -> tuple[int, str]:
     p = await asyncio.create_subprocess_exec(
         procs.command("mfetch"), *args, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(p.communicate(), 300)
+    _out, err = await asyncio.wait_for(p.communicate(), 300)
     return p.returncode or 0, err.decode()
 
 
