@@ -102,9 +102,10 @@ class PieceSink:
     def complete(self) -> bool:
         return self.piece >= self.f.sched.request_end(self.req.request)
 
-    async def feed(self, data: memoryview) -> bool:
+    async def feed(self, data: memoryview, behind: bool = False) -> bool:
         """Take a chunk (a view the caller keeps valid until this returns); False once
-        the request has everything it must deliver."""
+        the request has everything it must deliver. `behind`: more bytes were already
+        waiting when this chunk was read (the loop, not the network, is the limit)."""
         view = data
         if self.skip:
             n = min(self.skip, len(view))
@@ -127,7 +128,7 @@ class PieceSink:
         if not segs:
             return not self.complete
         digests, self.hasher = await f.writer.run(_absorb, f.store, segs, self.hasher,
-                                                  self.bufs,
+                                                  self.bufs, busy=behind,
                                                   nbytes=sum(len(x.data) for x in segs))
         counted = 0
         for seg in segs:
@@ -215,8 +216,10 @@ class _Writer:
     the previous chunk into the page cache and hashes it: both release the GIL.
     One thread, first in first out, keeps the order of writes to a piece: bytes a
     streaming request queued always land before a verified copy queued later.
-    Small jobs run inline when nothing is queued (a thread hop costs more than
-    hashing and writing a few kilobytes).
+    A job runs inline when nothing is queued and either it is small (a thread hop
+    costs more than hashing and writing a few kilobytes) or the caller is not
+    `busy`: over a slow link the loop waits for the network anyway, and a hop
+    would only add CPU (the target is no more CPU than aria2c).
     """
 
     INLINE = 64 * 1024
@@ -225,12 +228,12 @@ class _Writer:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._queued = 0
 
-    async def run(self, fn: Callable[..., _T], *args: Any, nbytes: int,
+    async def run(self, fn: Callable[..., _T], *args: Any, nbytes: int, busy: bool = True,
                   on_done: Callable[[asyncio.Future[Any] | None], None] | None = None) -> _T:
         """fn(*args) in the writer thread (or inline); `on_done` is called on the loop
         with the job's future once it has run (None if run inline), even when the
         caller was cancelled meanwhile."""
-        if nbytes < self.INLINE and self._queued == 0:
+        if self._queued == 0 and (nbytes < self.INLINE or not busy):
             result = fn(*args)
             if on_done is not None:
                 on_done(None)
@@ -504,7 +507,7 @@ class Fetcher:
                         if self.limit is not None:
                             if not await self._feed_limited(sink, f.request, chunk):
                                 break
-                        elif not await sink.feed(chunk):
+                        elif not await sink.feed(chunk, behind=not resp.waited):
                             break
                 finally:
                     resp.set_lowat(1)

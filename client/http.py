@@ -86,6 +86,7 @@ class Response(Protocol):
     reason: str | None
     content_length: int | None
     received: int  # body bytes read so far
+    waited: bool  # the last read_view() had to wait for the network (not behind it)
 
     @property
     def headers(self) -> Mapping[str, str]: ...
@@ -390,6 +391,7 @@ class _AiohttpResponse:
         self.headers: Mapping[str, str] = resp.headers
         self.content_length = resp.content_length
         self.received = 0
+        self.waited = True
         self._sock: socket.socket | None = None
         self._lowat = 1
         transport = resp.connection.transport if resp.connection else None

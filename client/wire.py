@@ -295,6 +295,7 @@ class Connection(asyncio.BufferedProtocol):
         self.sock: socket.socket | None = None
         self._lowat = 1
         self.idle_since = 0.0
+        self.waited = True  # the last take() had to wait for bytes (none were queued)
 
     # -- asyncio's side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -342,6 +343,7 @@ class Connection(asyncio.BufferedProtocol):
         """The bytes received since the last take (the buffer that held those is the
         socket's again); empty at the end of the stream. Raises TimeoutError after
         read_timeout without a byte, or the connection's error."""
+        self.waited = self._fill == 0
         while self._fill == 0:
             if self._exc is not None:
                 raise self._exc
@@ -436,6 +438,7 @@ class Response:
         self._released = False
         self._pending: memoryview | None = None  # the rest of a view read() split
         self.received = 0  # body bytes handed out so far
+        self.waited = True  # the last read_view() had to wait for the network
         if self._left is not None:
             if len(first) > self._left:  # more than the body: not this response's bytes
                 self._reusable = False
@@ -459,6 +462,7 @@ class Response:
             if self._done:
                 return None
             raw = await self._conn.take()
+            self.waited = self._conn.waited
             if not raw:
                 if self._left is None and self._chunked is None:
                     self._done = True  # delimited by the close (RFC 9112 §6.3 ¶8)
