@@ -23,7 +23,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from client import wire
@@ -32,8 +32,34 @@ from common.errors import ConfigError, ProtocolError, SourceError
 from common.http_ranges import parse_content_range
 from common.security import bearer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (a Protocol class costs ~1 ms to define at start-up)
+    from typing import Protocol
+
     import aiohttp
+
+    class Response(Protocol):
+        """What every caller reads of a response (wire's, or aiohttp's behind a proxy)."""
+
+        url: str
+        status: int
+        reason: str | None
+        content_length: int | None
+        received: int  # body bytes read so far
+        waited: bool  # the last read_view() had to wait for the network (not behind it)
+
+        @property
+        def headers(self) -> Mapping[str, str]: ...
+
+        async def read_view(self) -> memoryview | None:
+            """The next part of the body (valid until the next call), None at its end."""
+
+        async def read(self, n: int = -1) -> bytes: ...
+
+        def set_lowat(self, value: int) -> None:
+            """Wake the reader only once `value` bytes are readable (plain TCP only)."""
+
+        def release(self) -> None: ...
+
 
 # Errors that mean "try again later", not "this source is wrong" (wire's errors are
 # OSErrors; aiohttp's are translated into them where they enter).
@@ -76,30 +102,6 @@ def parse_header(text: str) -> tuple[str, str]:
             or "\n" in value or "\r" in value:
         raise ConfigError(f"--header wants 'Name: value', got {text!r}")
     return name.strip(), value.strip()
-
-
-class Response(Protocol):
-    """What every caller reads of a response (wire's, or aiohttp's behind a proxy)."""
-
-    url: str
-    status: int
-    reason: str | None
-    content_length: int | None
-    received: int  # body bytes read so far
-    waited: bool  # the last read_view() had to wait for the network (not behind it)
-
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-
-    async def read_view(self) -> memoryview | None:
-        """The next part of the body (valid until the next call), None at its end."""
-
-    async def read(self, n: int = -1) -> bytes: ...
-
-    def set_lowat(self, value: int) -> None:
-        """Wake the reader only once `value` bytes are readable (plain TCP only)."""
-
-    def release(self) -> None: ...
 
 
 class HttpClient:
