@@ -33,9 +33,12 @@ request bodies, pipelining, HTTP/2, content decoding (client/stream.py).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
 import socket
 import ssl
+import sys
+import termios
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -295,7 +298,7 @@ class Connection(asyncio.BufferedProtocol):
         self.sock: socket.socket | None = None
         self._lowat = 1
         self.idle_since = 0.0
-        self.waited = True  # the last take() had to wait for bytes (none were queued)
+        self.waited = True  # the last take() found nothing received nor queued in the socket
 
     # -- asyncio's side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -343,7 +346,7 @@ class Connection(asyncio.BufferedProtocol):
         """The bytes received since the last take (the buffer that held those is the
         socket's again); empty at the end of the stream. Raises TimeoutError after
         read_timeout without a byte, or the connection's error."""
-        self.waited = self._fill == 0
+        self.waited = self._fill == 0 and self._queued() < MIN_BUFFER
         while self._fill == 0:
             if self._exc is not None:
                 raise self._exc
@@ -380,6 +383,16 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def _queued(self) -> int:
+        """Bytes waiting in the socket, not yet read (0 under TLS or if unknown)."""
+        if self.sock is None:
+            return 0
+        try:
+            return int.from_bytes(fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0" * 4),
+                                  sys.byteorder)
+        except OSError:
+            return 0
 
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
