@@ -40,7 +40,6 @@ log = logging.getLogger("mfetch")
 _T = TypeVar("_T")
 UNKNOWN = -1  # who sent a piece verified in an earlier run: nobody to blame
 
-READ_CHUNK = 256 * 1024
 TICK = 0.1
 CHECKPOINT_EVERY = 1.0
 
