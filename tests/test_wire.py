@@ -499,3 +499,17 @@ def test_mfetch_never_imports_aiohttp_without_a_proxy():
     code = ("import sys, client.cli, client.swarm, client.background, client.stream, "
             "client.repair; sys.exit(1 if 'aiohttp' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+async def test_a_closed_connections_buffers_go_to_the_next_one():
+    # Connections that close mid-body (cancelled requests) must not each allocate new
+    # buffers: glibc keeps freed blocks, and the heap would grow (peak RSS).
+    size = 8 * wire.BUFFER
+    async with scripted(keep_alive(b"x" * size)) as (url, script):
+        c = client()
+        for _ in range(4):
+            async with await c.get(url, []) as r:
+                assert await r.read(10) == b"x" * 10  # then closed, not read to its end
+        assert script.connections == 4
+        assert c._buffered == 2 * wire.BUFFER  # one pair of buffers, passed on
+        await c.close()
