@@ -507,9 +507,12 @@ async def test_a_closed_connections_buffers_go_to_the_next_one():
     size = 8 * wire.BUFFER
     async with scripted(keep_alive(b"x" * size)) as (url, script):
         c = client()
+        buffers = []
         for _ in range(4):
             async with await c.get(url, []) as r:
+                buffers.append(r.connection._bufs)
                 assert await r.read(10) == b"x" * 10  # then closed, not read to its end
         assert script.connections == 4
-        assert c._buffered == 2 * wire.BUFFER  # one pair of buffers, passed on
+        assert all(b is buffers[0] for b in buffers)  # one pair of buffers, passed on
+        assert c._buffered == 2 * wire.BUFFER
         await c.close()
