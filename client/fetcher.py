@@ -216,9 +216,9 @@ class _Writer:
     One thread, first in first out, keeps the order of writes to a piece: bytes a
     streaming request queued always land before a verified copy queued later.
     A job runs inline when nothing is queued and either it is small (a thread hop
-    costs tens of microseconds of CPU: with 32 connections on loopback, most with
-    64 KiB buffers, sending their chunks to the thread took 11.3 CPU s for 4 GiB
-    against 7.0 s for main in one, noisy, A/B) or the caller is not
+    costs tens of microseconds of CPU: with 32 connections on loopback, most then
+    with 64 KiB buffers, sending their chunks to the thread took 11.3 CPU s for
+    4 GiB against 7.0 s for main in one, noisy, A/B) or the caller is not
     `busy`: over a slow link the loop waits for the network anyway, and a hop
     would only add CPU (the target is no more CPU than aria2c).
     """

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 BUFFER = 1024 * 1024  # the most each of a connection's two receive buffers holds
-MIN_BUFFER = 64 * 1024
+MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
 BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connections
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 MAX_FIELDS = 256
@@ -288,7 +288,7 @@ class Connection(asyncio.BufferedProtocol):
         self.read_timeout = read_timeout
         self._bufs = bufs or (bytearray(BUFFER), bytearray(BUFFER))
         self.size = len(self._bufs[0])
-        self.budgeted = False  # its buffers count in the client's budget (and go back)
+        self.owns_buffers = True  # until they are given back to the client's spares
         self._cur = 0
         self._fill = 0
         self.want: int | None = None  # at most this many more bytes are read (None: any)
@@ -553,9 +553,10 @@ class WireClient:
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._all: set[Connection] = set()
         self.connections_opened = 0  # for tests: keep-alive reuse is visible
-        # Receive buffers within the budget, in use or spare: a closed connection's go
-        # to the next one, so churning connections never grow the heap (glibc keeps
-        # freed blocks: fragments of 1 MiB buffers made peak RSS 92 MiB, not 55).
+        # Receive buffers, in use or spare: a closed connection's go to the next one,
+        # so churning connections never grow the heap (glibc keeps freed blocks:
+        # fragments of 1 MiB buffers made peak RSS 92 MiB, not 55). Sizes come from
+        # a budget: BUFFER while it lasts, MIN_BUFFER beyond it.
         self._buffered = 0
         self._spare: list[tuple[bytearray, bytearray]] = []
 
@@ -654,24 +655,20 @@ class WireClient:
         """A connection with a spare pair of buffers, else new ones: big while the
         budget allows (fewer wake-ups per byte, what loopback speed needs), the
         smallest beyond it (32 connections stay within a few MiB)."""
-        if self._spare:
-            conn = Connection(key, self.read_timeout, self._spare.pop())
-            conn.budgeted = True
-            return conn
-        size = min(BUFFER, (BUFFER_BUDGET - self._buffered) // 2)
-        if size < MIN_BUFFER:
-            return Connection(key, self.read_timeout, (bytearray(MIN_BUFFER),
-                                                       bytearray(MIN_BUFFER)))
+        if self._spare:  # the biggest first
+            return Connection(key, self.read_timeout, self._spare.pop())
+        size = max(MIN_BUFFER, min(BUFFER, (BUFFER_BUDGET - self._buffered) // 2))
         self._buffered += 2 * size
-        conn = Connection(key, self.read_timeout, (bytearray(size), bytearray(size)))
-        conn.budgeted = True
-        return conn
+        return Connection(key, self.read_timeout, (bytearray(size), bytearray(size)))
 
     def _give_back(self, conn: Connection) -> None:
-        """A closed connection's buffers, for the next one (never read again: closed)."""
-        if conn.budgeted:
-            conn.budgeted = False
+        """A closed connection's buffers, for the next one (never read again: closed).
+        Spares never outnumber the most connections open at once: memory stays at
+        its peak, never grows with churn."""
+        if conn.owns_buffers:
+            conn.owns_buffers = False
             self._spare.append(conn._bufs)
+            self._spare.sort(key=lambda pair: len(pair[0]))
 
     async def _exchange(self, conn: Connection, url: str, data: bytes) -> Response:
         conn.want = None
