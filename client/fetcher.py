@@ -80,9 +80,10 @@ class PieceSink:
     is already done). Buffered requests (tail duplicates) keep the piece in
     memory and write it only once verified and still needed.
 
-    The hashing and writing of a chunk run in the fetcher's writer thread
-    (:class:`_Writer`) while the event loop receives the next one; the
-    bookkeeping (scheduler events, which piece may be written) stays on the loop.
+    A chunk to hash, when the loop is behind the network, is hashed and written
+    in the fetcher's writer thread (:class:`_Writer`) while the event loop
+    receives the next one; otherwise inline. The bookkeeping (scheduler events,
+    which piece may be written) stays on the loop.
     """
 
     def __init__(self, fetcher: Fetcher, fetch: ev.Fetch, skip: int) -> None:
