@@ -12,7 +12,9 @@ its own for every https request, made on the first one (and honouring
 store. Were anything to use aiohttp's own verifying context after all, it
 would trust no certificate: it fails closed, never open.
 
-Importing this module does it; ``client/cli.py`` imports it before anything else.
+:func:`import_aiohttp` does it; ``client/http.py`` calls it before aiohttp's
+first import, which only ``--proxy`` needs (mfetch's own requests go through
+``client/wire.py``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,3 @@ def import_aiohttp() -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-import_aiohttp()

@@ -7,10 +7,11 @@ http://127.0.0.1:7070 (the agent's default port on this machine); --agent,
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 
-import aiohttp
-
+from client import wire
 from client.http import check_url, describe
 from common.errors import ConfigError, SourceError
 
@@ -27,20 +28,35 @@ async def hand_over(agent: str, targets: list[str], sha256: str | None,
     agent = agent.rstrip("/")
     check_url(agent)
     body = {"targets": targets, "sha256": sha256}
+    client = wire.WireClient(connect_timeout=timeout, read_timeout=timeout, tls=_tls)
+    headers = [("Content-Type", "application/json")]
+    if token:
+        headers.append(("Authorization", f"Bearer {token}"))
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s, \
-                s.post(f"{agent}/api/fetches", json=body, headers=(
-                    {"Authorization": f"Bearer {token}"} if token else None)) as r:
-            text = await r.text()
-            try:
-                answer = json.loads(text)
-            except ValueError:
-                answer = None
-            if r.status == 201 and isinstance(answer, dict) and "id" in answer:
-                return answer
-            reason = answer.get("error") if isinstance(answer, dict) else None
-            raise ConfigError(f"the agent at {agent} refused the fetch: "
-                              f"{reason or f'{r.status} {r.reason}'}")
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        async with asyncio.timeout(timeout):
+            r = await client.request("POST", f"{agent}/api/fetches", headers,
+                                     json.dumps(body).encode())
+            async with r:
+                text = (await r.read()).decode("utf-8", "replace")
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = None
+        if r.status == 201 and isinstance(answer, dict) and "id" in answer:
+            return answer
+        reason = answer.get("error") if isinstance(answer, dict) else None
+        raise ConfigError(f"the agent at {agent} refused the fetch: "
+                          f"{reason or f'{r.status} {r.reason}'}")
+    except (TimeoutError, OSError) as e:
         raise SourceError(f"no agent answers at {agent} ({describe(e)}); start one with "
                           "`agent serve DIR`, or name it with --agent URL") from None
+    except ValueError as e:
+        raise ConfigError(f"--agent {agent}: {e}") from None
+    finally:
+        await client.close()
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(("http/1.1",))
+    return ctx

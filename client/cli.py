@@ -21,10 +21,8 @@ import signal
 import sys
 import time
 
-# First: it imports aiohttp without loading the CA store (~0.1 s of start-up for nothing).
-from client import aiohttp_import  # noqa: F401  # isort: skip
-from client import checksums, metalink
 from client import config as client_config
+from client import metalink
 from client.fetcher import Fetcher, Result, SourceReport, content_key
 from client.http import (
     TRANSIENT_ERRORS,
@@ -48,7 +46,6 @@ from client.plan import (
     safe_name,
 )
 from client.storage import PartFile
-from client.stream import stream_fetch
 from common import security
 from common.errors import ConfigError, MfetchError, StorageError
 from common.ratelimit import TokenBucket
@@ -302,6 +299,8 @@ async def background(args: argparse.Namespace, cfg: client_config.ClientConfig) 
 
 async def sums_digest(http: HttpClient, where: str, name: str) -> bytes:
     """The expected digest of `name` from a checksum file or URL; raises ConfigError."""
+    from client import checksums  # only with --sha256-file
+
     if "://" in where:
         try:
             async with http.get(where) as resp:
@@ -393,6 +392,8 @@ async def fetch_stream(plan: Plan, out: pathlib.Path, http: HttpClient,
     """A source that gives no size: one stream (see client/stream.py)."""
     url = plan.sources[0].url
     log.warning("%s gives no size: fetching it in one stream, without ranges or resume", url)
+    from client.stream import stream_fetch  # only for a source that gives no size
+
     size, sha, notes = await stream_fetch(http, url, out, plan.sha256, limit)
     for note in notes:
         log.warning("%s", note)

@@ -1,38 +1,69 @@
-"""HTTP edge of the client: one session with the user's options, redirects, probing.
+"""HTTP edge of the client: one client with the user's options, redirects, probing.
 
-aiohttp errors are translated here, in one place, into :class:`client.events.Fault`
-(for the scheduler) or :class:`common.errors.SourceError` (for the user).
+Requests go through mfetch's own HTTP/1.1 client (client/wire.py); only with
+``--proxy`` does aiohttp carry them (imported then, and only then: proxies and
+SOCKS are aiohttp's and aiohttp-socks' job). Either way callers see one
+:class:`Response` shape, and errors are the :mod:`client.wire` family
+(OSError subclasses), translated here into :class:`client.events.Fault` (for
+the scheduler) or :class:`common.errors.SourceError` (for the user).
 
-Redirects are followed here, not by aiohttp, so that credentials never follow
+Redirects are followed here, not by a library, so that credentials never follow
 a redirect to another origin: a password from ``--user`` or a URL, and
 sensitive headers given with ``--header`` (Authorization, Cookie), go only to
 the origins the user named. ``.netrc`` credentials are per host by nature.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import email.utils
-import http.cookiejar
-import http.cookies
 import netrc
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-import aiohttp
-from yarl import URL
-
+from client import wire
 from client.events import Fault, FaultKind
 from common.errors import ConfigError, ProtocolError, SourceError
 from common.http_ranges import parse_content_range
 from common.security import bearer
 
-# Errors that mean "try again later", not "this source is wrong".
-TRANSIENT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError)
+if TYPE_CHECKING:  # (a Protocol class costs ~1 ms to define at start-up)
+    from typing import Protocol
+
+    import aiohttp
+
+    class Response(Protocol):
+        """What every caller reads of a response (wire's, or aiohttp's behind a proxy)."""
+
+        url: str
+        status: int
+        reason: str | None
+        content_length: int | None
+        received: int  # body bytes read so far
+        waited: bool  # the last read_view() had to wait for the network (not behind it)
+
+        @property
+        def headers(self) -> Mapping[str, str]: ...
+
+        async def read_view(self) -> memoryview | None:
+            """The next part of the body (valid until the next call), None at its end."""
+
+        async def read(self, n: int = -1) -> bytes: ...
+
+        def set_lowat(self, value: int) -> None:
+            """Wake the reader only once `value` bytes are readable (plain TCP only)."""
+
+        def release(self) -> None: ...
+
+
+# Errors that mean "try again later", not "this source is wrong" (wire's errors are
+# OSErrors; aiohttp's are translated into them where they enter).
+TRANSIENT_ERRORS = (TimeoutError, OSError)
 
 USER_AGENT = "mfetch/0.1"
 BASE_HEADERS = {"Accept-Encoding": "identity"}
@@ -67,13 +98,14 @@ def origin(url: str) -> str:
 def parse_header(text: str) -> tuple[str, str]:
     """'Name: value' -> (name, value); raises ConfigError."""
     name, sep, value = text.partition(":")
-    if not sep or not name.strip() or any(c in name for c in " \t\r\n") or "\n" in value:
+    if not sep or not name.strip() or any(c in name for c in " \t\r\n") \
+            or "\n" in value or "\r" in value:
         raise ConfigError(f"--header wants 'Name: value', got {text!r}")
     return name.strip(), value.strip()
 
 
 class HttpClient:
-    """The aiohttp session for a download, with the user's options applied.
+    """The HTTP client for a download, with the user's options applied.
 
     Raises ConfigError (at construction) for an unreadable cookie, netrc or CA
     file, or a proxy URL of an unknown scheme.
@@ -83,41 +115,36 @@ class HttpClient:
                  per_host: int) -> None:
         self.opts = opts
         self._netrc = _load_netrc(opts.netrc_file) if opts.netrc_file else None
-        # The context for every TLS connection (https sources, an https proxy), passed
-        # to each request: made on the first one, since loading the system's CA store
-        # costs ~0.1 s (and aiohttp's own context has none: client/aiohttp_import.py).
+        self._cookies = load_cookies(opts.cookie_file) if opts.cookie_file else []
+        # The context for every TLS connection (https sources, an https proxy): made on
+        # the first one, since loading the system's CA store costs ~0.1 s.
         self._ssl: ssl.SSLContext | None = None
         if opts.cacert:
             try:
                 self._ssl = ssl.create_default_context(cafile=opts.cacert)
+                self._ssl.set_alpn_protocols(("http/1.1",))
             except (OSError, ssl.SSLError) as e:
                 raise ConfigError(f"--cacert {opts.cacert}: {e}") from None
-        ssl_ctx: ssl.SSLContext | bool = self._ssl or True
-        self._http_proxy: str | None = None
-        connector: aiohttp.BaseConnector
         scheme = urlsplit(opts.proxy).scheme if opts.proxy else ""
-        self._tls_proxy = scheme == "https"
-        if opts.proxy and scheme in ("socks4", "socks5", "socks5h", "socks4a"):
-            from aiohttp_socks import ProxyConnector  # only loaded when asked for
-
-            connector = ProxyConnector.from_url(opts.proxy, rdns=scheme.endswith("h"), limit=0,
-                                                limit_per_host=per_host, ssl=ssl_ctx)
-        elif opts.proxy and scheme not in ("http", "https"):
+        if opts.proxy and scheme not in ("http", "https", "socks4", "socks5", "socks5h",
+                                         "socks4a"):
             raise ConfigError(f"--proxy {opts.proxy}: use http://, https://, socks4:// or socks5://")
+        self._wire: wire.WireClient | None = None
+        self._proxied: _ProxiedClient | None = None
+        if opts.proxy:
+            self._proxied = _ProxiedClient(opts.proxy, self._tls_context, per_host=per_host,
+                                           connect_timeout=connect_timeout,
+                                           read_timeout=read_timeout)
         else:
-            self._http_proxy = opts.proxy
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ssl=ssl_ctx)
-        jar = aiohttp.CookieJar(unsafe=True)  # the user's own cookies may name an IP host
-        if opts.cookie_file:
-            _load_cookies(jar, opts.cookie_file)
-        self.session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=jar, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
-                                          sock_read=read_timeout),
-            headers={"User-Agent": opts.user_agent})
+            self._wire = wire.WireClient(connect_timeout=connect_timeout,
+                                         read_timeout=read_timeout, tls=self._tls_context,
+                                         per_host=per_host)
 
     async def close(self) -> None:
-        await self.session.close()
+        if self._wire is not None:
+            await self._wire.close()
+        if self._proxied is not None:
+            await self._proxied.close()
 
     async def __aenter__(self) -> HttpClient:  # noqa: PYI034
         return self
@@ -127,13 +154,13 @@ class HttpClient:
 
     @contextlib.asynccontextmanager
     async def get(self, url: str, headers: Mapping[str, str] | None = None, *,
-                  agent: bool = False) -> AsyncIterator[aiohttp.ClientResponse]:
+                  agent: bool = False) -> AsyncIterator[Response]:
         """GET `url`, following at most max_redirects redirects; yields the final response.
 
         `agent`: `url` is an agent the tracker named, so the agent token (if any) goes
         with the first request, and only with it (not to a redirect's target).
-        Raises SourceError for too many redirects or a redirect to a non-HTTP URL;
-        aiohttp's errors pass through (callers translate them).
+        Raises SourceError for too many redirects, a redirect to a non-HTTP URL or a
+        URL that cannot be requested; network errors (TRANSIENT_ERRORS) pass through.
         """
         for hop in range(self.opts.max_redirects + 1):
             plain, auth = self._credentials(url)
@@ -144,11 +171,13 @@ class HttpClient:
                 auth = bearer(self.opts.agent_token)
             if auth and not any(k.lower() == "authorization" for k in extra):
                 extra["Authorization"] = auth  # an explicit header wins, as in curl
-            tls = self._tls_proxy or urlsplit(plain).scheme == "https"
-            resp = await self.session.get(
-                plain, headers={**BASE_HEADERS, **extra, **(headers or {})},
-                allow_redirects=False, proxy=self._http_proxy,
-                ssl=self._tls_context() if tls else True)
+            send = _merge({"User-Agent": self.opts.user_agent}, BASE_HEADERS, extra,
+                          headers or {})
+            cookie = cookie_header(self._cookies, plain)
+            if cookie:
+                old = send.get("cookie")
+                send["cookie"] = ("Cookie", f"{old[1]}; {cookie}" if old else cookie)
+            resp = await self._send(plain, list(send.values()))
             location = resp.headers.get("Location")
             if resp.status in REDIRECTS and location:
                 resp.release()
@@ -163,8 +192,17 @@ class HttpClient:
             return
         raise SourceError(f"{url}: more than {self.opts.max_redirects} redirects")
 
+    async def _send(self, url: str, headers: list[tuple[str, str]]) -> Response:
+        if self._proxied is not None:
+            return await self._proxied.get(url, headers)
+        assert self._wire is not None
+        try:
+            return await self._wire.get(url, headers)
+        except ValueError as e:
+            raise SourceError(f"{url}: cannot be requested ({e})") from None
+
     def _tls_context(self) -> ssl.SSLContext:
-        """The --cacert context, else the system's CA store (as aiohttp's default is)."""
+        """The --cacert context, else the system's CA store."""
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
             self._ssl.set_alpn_protocols(("http/1.1",))
@@ -232,8 +270,30 @@ def _load_netrc(path: str) -> netrc.netrc:
         raise ConfigError(f"netrc file {path}: {e}") from None
 
 
-def _load_cookies(jar: aiohttp.CookieJar, path: str) -> None:
-    """Load a Netscape-format cookie file (curl -c / wget --save-cookies)."""
+def _merge(*layers: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Header layers, later ones winning, by lower-case name -> (name, value)."""
+    out: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for k, v in layer.items():
+            out[k.lower()] = (k, v)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Cookie:
+    domain: str  # lower case, without a leading dot
+    subdomains: bool  # the file's domain began with "." (or its flag said TRUE)
+    path: str
+    secure: bool
+    name: str
+    value: str
+
+
+def load_cookies(path: str) -> list[Cookie]:
+    """The unexpired cookies of a Netscape-format file (curl -c / wget --save-cookies).
+    Raises ConfigError."""
+    import http.cookiejar  # ~10 ms (it loads urllib.request): only with --cookie
+
     cj = http.cookiejar.MozillaCookieJar(path)
     try:
         # Expiry 0 marks a session cookie (as curl writes them): keep those.
@@ -241,31 +301,151 @@ def _load_cookies(jar: aiohttp.CookieJar, path: str) -> None:
     except (OSError, http.cookiejar.LoadError) as e:
         raise ConfigError(f"cookie file {path}: {e}") from None
     now = time.time()
-    for c in cj:
-        if c.expires and c.expires < now:
+    return [Cookie(c.domain.lstrip(".").lower(), c.domain.startswith("."), c.path or "/",
+                   bool(c.secure), c.name, c.value or "")
+            for c in cj if not (c.expires and c.expires < now)]
+
+
+def cookie_header(cookies: list[Cookie], url: str) -> str:
+    """The Cookie header for `url` (RFC 6265 §5.4: domain, path and secure match)."""
+    if not cookies:
+        return ""
+    u = urlsplit(url)
+    host, path = (u.hostname or "").lower(), u.path or "/"
+    out = []
+    for c in cookies:
+        if c.secure and u.scheme != "https":
+            continue  # never over plain HTTP
+        if host != c.domain and not (c.subdomains and host.endswith("." + c.domain)):
             continue
-        host = c.domain.lstrip(".")
-        scheme = "https" if c.secure else "http"
-        morsel: http.cookies.Morsel[str] = http.cookies.Morsel()
-        morsel.set(c.name, c.value or "", c.value or "")
-        morsel["path"] = c.path or "/"
-        if c.domain.startswith("."):
-            morsel["domain"] = c.domain  # the cookie's subdomains too, as the file says
-        if c.secure:
-            morsel["secure"] = True  # never over plain HTTP
-        jar.update_cookies({c.name: morsel}, response_url=URL(f"{scheme}://{host}{c.path}"))
+        p = c.path
+        if path != p and not (path.startswith(p) and (p.endswith("/") or path[len(p)] == "/")):
+            continue
+        out.append(f"{c.name}={c.value}")
+    return "; ".join(out)
 
 
-async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_body(resp: Response, limit: int) -> bytes:
     """The whole body, or its first limit + 1 bytes if it is longer (so callers can
-    tell "too long"). aiohttp's read(n) returns what is buffered, not n bytes."""
+    tell "too long")."""
     data = bytearray()
     while len(data) <= limit:
-        chunk = await resp.content.readany()
-        if not chunk:
+        chunk = await resp.read_view()
+        if chunk is None:
             break
-        data += chunk
+        data += chunk[: limit + 1 - len(data)]
     return bytes(data[: limit + 1])
+
+
+class _ProxiedClient:
+    """aiohttp, for requests through --proxy only (http, https, or SOCKS via
+    aiohttp-socks): imported when the first proxied client is made. Its errors are
+    translated into client.wire's where they enter."""
+
+    def __init__(self, proxy: str, tls: Any, *, per_host: int, connect_timeout: float,
+                 read_timeout: float) -> None:
+        from client.aiohttp_import import import_aiohttp
+
+        import_aiohttp()
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._tls = tls
+        scheme = urlsplit(proxy).scheme
+        self._tls_proxy = scheme == "https"
+        self._http_proxy: str | None = None
+        connector: aiohttp.BaseConnector
+        if scheme.startswith("socks"):
+            from aiohttp_socks import ProxyConnector
+
+            connector = ProxyConnector.from_url(proxy, rdns=scheme.endswith("h"), limit=0,
+                                                limit_per_host=per_host)
+        else:
+            self._http_proxy = proxy
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host)
+        self.session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout,
+                                          sock_read=read_timeout),
+            skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def get(self, url: str, headers: list[tuple[str, str]]) -> Response:
+        tls = self._tls_proxy or urlsplit(url).scheme == "https"
+        try:
+            resp = await self.session.get(url, headers=dict(headers), allow_redirects=False,
+                                          proxy=self._http_proxy,
+                                          ssl=self._tls() if tls else True)
+        except self._aiohttp.InvalidURL:
+            raise SourceError(f"{url}: not a valid URL") from None
+        except self._aiohttp.ClientError as e:
+            raise _translate(self._aiohttp, e) from None
+        return _AiohttpResponse(resp, self._aiohttp)
+
+
+class _AiohttpResponse:
+    def __init__(self, resp: aiohttp.ClientResponse, aiohttp_module: Any) -> None:
+        self._resp, self._aiohttp = resp, aiohttp_module
+        self.url = str(resp.url)
+        self.status, self.reason = resp.status, resp.reason
+        self.headers: Mapping[str, str] = resp.headers
+        self.content_length = resp.content_length
+        self.received = 0
+        self.waited = True
+        self._sock: socket.socket | None = None
+        self._lowat = 1
+        transport = resp.connection.transport if resp.connection else None
+        if transport is not None and transport.get_extra_info("sslcontext") is None:
+            self._sock = transport.get_extra_info("socket")
+
+    async def read_view(self) -> memoryview | None:
+        try:
+            chunk = await self._resp.content.readany()
+        except self._aiohttp.ClientError as e:
+            raise _translate(self._aiohttp, e) from None
+        if not chunk:
+            return None
+        self.received += len(chunk)
+        return memoryview(chunk)
+
+    async def read(self, n: int = -1) -> bytes:
+        try:
+            data = await (self._resp.read() if n < 0 else self._resp.content.read(n))
+        except self._aiohttp.ClientError as e:
+            raise _translate(self._aiohttp, e) from None
+        self.received += len(data)
+        return data
+
+    def set_lowat(self, value: int) -> None:
+        if self._sock is None or value == self._lowat:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+            self._lowat = value
+        except OSError:
+            self._sock = None
+
+    def release(self) -> None:
+        self.set_lowat(1)  # before the connection goes back to aiohttp's pool
+        self._resp.release()
+
+
+def _translate(aiohttp: Any, e: BaseException) -> OSError:
+    """aiohttp's exceptions as client.wire's (one family for every caller)."""
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        return wire.CertificateError(str(e), ssl.SSLCertVerificationError(
+            str(e.certificate_error)))
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return wire.ConnectError(str(e), e.os_error)
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return wire.Disconnected("the server closed the connection")
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return wire.BodyCutShort("the response body was cut short")
+    if isinstance(e, OSError):
+        return e
+    return wire.WireError((str(e) or type(e).__name__).splitlines()[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,13 +492,11 @@ async def probe(client: HttpClient, url: str) -> Probe:
                 if cr.strip() == "bytes */0":
                     return Probe(final, 0, validator_of(resp.headers), True)
             raise SourceError(f"{url}: answered {resp.status} {resp.reason or ''}".rstrip())
-    except aiohttp.InvalidURL:
-        raise SourceError(f"{url}: not a valid URL") from None
     except TRANSIENT_ERRORS as e:
         raise SourceError(f"{url}: {describe(e)}") from None
 
 
-def check_range_response(resp: aiohttp.ClientResponse, start: int, end: int, size: int,
+def check_range_response(resp: Response, start: int, end: int, size: int,
                          validator: str) -> Fault | None:
     """Whether a 206 answer is exactly the bytes [start, end) of the file we mean."""
     enc = resp.headers.get("Content-Encoding", "identity").lower()
@@ -369,15 +547,16 @@ def retry_after_seconds(value: str) -> float | None:
 
 def describe(e: BaseException) -> str:
     """A short, human description of a network error."""
-    if isinstance(e, asyncio.TimeoutError):
+    if isinstance(e, TimeoutError):
         return "timed out"
-    if isinstance(e, aiohttp.ClientConnectorCertificateError):
-        return f"its TLS certificate cannot be verified ({e.certificate_error}); see --cacert"
-    if isinstance(e, aiohttp.ClientConnectorError):
+    if isinstance(e, wire.CertificateError):
+        why = getattr(e.os_error, "verify_message", "") or str(e.os_error)
+        return f"its TLS certificate cannot be verified ({why}); see --cacert"
+    if isinstance(e, wire.ConnectError):
         return f"cannot connect ({e.os_error.strerror or e.os_error})"
-    if isinstance(e, aiohttp.ServerDisconnectedError):
+    if isinstance(e, wire.Disconnected):
         return "the server closed the connection"
-    if isinstance(e, aiohttp.ClientPayloadError):
+    if isinstance(e, wire.BodyCutShort):
         return "the response body was cut short"
     text = str(e) or type(e).__name__
     return text.splitlines()[0]

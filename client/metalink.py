@@ -8,7 +8,6 @@ The parser is expat through ElementTree, which resolves no external entities.
 from __future__ import annotations
 
 import pathlib
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from common.errors import ConfigError
@@ -35,10 +34,12 @@ def is_metalink(target: str) -> bool:
 def load(path: str) -> MetalinkFile:
     """Parse a .meta4 file; raises ConfigError with the reason on anything malformed."""
     p = pathlib.Path(path)
+    import xml.etree.ElementTree as ET  # only when a metalink is read
+
     try:
         if p.stat().st_size > MAX_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_BYTES} bytes, not a metalink")
-        root = ET.fromstring(p.read_bytes())
+        root = ET.fromstring(p.read_bytes())  # ET: loaded here, only for a metalink
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
     except ET.ParseError as e:

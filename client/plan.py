@@ -18,11 +18,11 @@ from client import metalink
 from client.http import TRANSIENT_ERRORS, HttpClient, Probe, describe, probe, read_body
 
 if TYPE_CHECKING:
+    from common.index import Candidate, Source
     from common.tracker_client import TrackerClient
 from common import bitfield
 from common.errors import ConfigError, IntegrityError, NotFoundError, SourceError
 from common.identity import Identity, digest_from_hex, piece_size_for
-from common.index import Candidate, Source, SourceKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,8 @@ async def plan_from_tracker(client: HttpClient, tracker: TrackerClient, name: st
 
 async def _plan_candidate(client: HttpClient, cand: Candidate, name: str,
                           notes: list[str]) -> Plan:
+    from common.index import SourceKind  # only for a NAME (the tracker's answer)
+
     content = cand.content
     located = list(cand.sources)
     if cand.has_pieces:

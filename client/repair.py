@@ -31,7 +31,7 @@ from common.errors import IntegrityError, SourceError, StorageError
 
 log = logging.getLogger("mfetch")
 
-UNKNOWN = -1  # a piece verified in an earlier run: nobody to blame
+UNKNOWN = -1  # a piece verified in an earlier run: nobody to blame (as client.fetcher's)
 PARALLEL = 4
 
 

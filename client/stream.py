@@ -57,7 +57,7 @@ async def stream_fetch(http: HttpClient, url: str, out: pathlib.Path,
             if decoder is not None:
                 notes.append(f"{url} sent a {encoding}-compressed body; saved it decoded")
             while True:
-                chunk = await resp.content.read(limit.slice if limit else CHUNK)
+                chunk = await resp.read(limit.slice if limit else CHUNK)
                 if not chunk:
                     break
                 if limit is not None:  # --limit-rate: not read on until its time

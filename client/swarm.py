@@ -33,8 +33,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
+from client import wire
 from client.http import TRANSIENT_ERRORS, HttpClient, describe, read_body
 from client.plan import Plan, source_plan
 from common import agent_api, bitfield
@@ -60,6 +59,10 @@ FIRST_LOCATE_SECONDS = 0.5  # the fetchers that started with us have registered 
 LOCAL_TIMEOUT = 5.0
 
 
+def _no_tls() -> Any:
+    raise ValueError("the local agent is reached over plain HTTP")
+
+
 class AgentRefused(MfetchError):
     """The local agent answered with an error status (kept in `status`)."""
 
@@ -80,20 +83,23 @@ class SwarmLink:
         self.http = http
         self.agent_id = ""
         self.registered = False
-        self._session: aiohttp.ClientSession | None = None
+        self._session: wire.WireClient | None = None
         self._sha = plan.sha256.hex() if plan.sha256 else ""
 
     async def _local(self, method: str, path: str, doc: Any = None) -> Any:
         """A call to the local agent's loopback API; raises MfetchError with its reason."""
         if self._session is None:
-            # Its own session: no proxy, no credentials, only the local agent.
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=LOCAL_TIMEOUT))
+            # Its own client: no proxy, no credentials, only the local agent.
+            self._session = wire.WireClient(connect_timeout=LOCAL_TIMEOUT,
+                                            read_timeout=LOCAL_TIMEOUT, tls=_no_tls)
         try:
-            async with self._session.request(method, self.agent_url + path,
-                                             data=json.dumps(doc) if doc is not None else None,
-                                             headers={"Content-Type": "application/json"}) as r:
-                body = await r.read()
+            async with asyncio.timeout(LOCAL_TIMEOUT):
+                r = await self._session.request(
+                    method, self.agent_url + path,
+                    [("Content-Type", "application/json"), ("Accept", "application/json")],
+                    json.dumps(doc).encode() if doc is not None else b"")
+                async with r:
+                    body = await r.read()
                 try:
                     answer = json.loads(body) if body else {}
                 except ValueError:
@@ -103,6 +109,8 @@ class SwarmLink:
                     raise AgentRefused(f"the agent at {self.agent_url} answered {r.status}: "
                                        f"{why or r.reason}", r.status)
                 return answer
+        except ValueError as e:  # a URL that cannot be requested
+            raise MfetchError(f"the agent at {self.agent_url}: {e}") from None
         except TRANSIENT_ERRORS as e:
             raise MfetchError(f"the agent at {self.agent_url}: {describe(e)}") from None
 

@@ -1,0 +1,518 @@
+"""client/wire.py: the pure head parser, framing and chunked decoder, then the
+client against scripted servers on loopback that send exactly the bytes a test
+wants (keep-alive, early close, chunked, 1xx, timeouts, TLS)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trustme
+
+from client import wire
+from client.wire import BadResponse, ChunkedDecoder, framing, head_end, parse_head
+
+# ---- pure: head ----------------------------------------------------------------------
+
+
+def test_parse_head_reads_status_reason_and_fields_case_insensitively():
+    h = parse_head(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/100\r\n"
+                   b"ETag:  \"x\"  \r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    assert (h.version, h.status, h.reason) == ("1.1", 206, "Partial Content")
+    assert h.headers.get("content-range") == "bytes 0-9/100"
+    assert h.headers["CONTENT-RANGE"] == "bytes 0-9/100"
+    assert "Etag" in h.headers and h.headers.get("ETag") == '"x"'  # OWS stripped
+    assert h.headers.get("X-A") == "1, 2"  # repeated fields joined (RFC 9110 §5.3)
+    assert h.headers.get("missing") is None
+
+
+def test_parse_head_accepts_bare_lf_and_an_empty_reason():
+    h = parse_head(b"HTTP/1.0 200\nContent-Length: 3\n\n")
+    assert (h.version, h.status, h.reason) == ("1.0", 200, "")
+    assert h.headers.get("content-length") == "3"
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX: a\r\n  folded\r\n\r\n",  # obs-fold (RFC 9112 §5.2)
+    b"HTTP/1.1 200 OK\r\nX : a\r\n\r\n",  # whitespace before the colon (§5.1)
+    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",  # a control character in a value
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"HTTP/1.1 20 OK\r\n\r\n",
+    b"ICY 200 OK\r\n\r\n",
+    b"\r\n\r\n",
+])
+def test_parse_head_refuses_malformed_heads(head):
+    with pytest.raises(BadResponse):
+        parse_head(head)
+
+
+def test_head_end_finds_the_empty_line_either_way():
+    assert head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody") == 25
+    assert head_end(b"HTTP/1.1 200 OK\nA: b\n\nbody") == 22
+    assert head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n") == -1
+
+
+# ---- pure: framing ---------------------------------------------------------------------
+
+
+def _frame(raw: bytes) -> wire.Framing:
+    return framing(parse_head(raw))
+
+
+def test_framing_by_content_length_chunked_or_close():
+    assert _frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n") == wire.Framing(5, False, True)
+    assert _frame(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n").length == 5
+    assert _frame(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n") == \
+        wire.Framing(None, True, True)
+    assert _frame(b"HTTP/1.1 200 OK\r\n\r\n") == wire.Framing(None, False, False)
+    assert _frame(b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n").length == 0
+    assert _frame(b"HTTP/1.1 304 Not Modified\r\n\r\n").length == 0
+
+
+def test_framing_keep_alive_only_for_http11_without_close():
+    assert not _frame(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive
+    assert not _frame(b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 1\r\n\r\n") \
+        .keep_alive
+    # Both Transfer-Encoding and Content-Length: chunked wins, the connection is not reused.
+    f = _frame(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+    assert f.chunked and not f.keep_alive
+
+
+@pytest.mark.parametrize("fields", [
+    b"Content-Length: 5, 6", b"Content-Length: -1", b"Content-Length: 0x10",
+    b"Content-Length: ", b"Transfer-Encoding: gzip, chunked", b"Transfer-Encoding: gzip",
+    b"Transfer-Encoding: chunked, identity",
+])
+def test_framing_refuses_what_it_cannot_frame_safely(fields):
+    with pytest.raises(BadResponse):
+        _frame(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\n\r\n")
+
+
+# ---- pure: chunked ------------------------------------------------------------------------
+
+CHUNKED = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+
+
+def _decode(pieces: list[bytes]) -> tuple[bytes, ChunkedDecoder, int]:
+    d, out, used = ChunkedDecoder(), bytearray(), 0
+    for p in pieces:
+        parts, used = d.feed(memoryview(p))
+        for part in parts:
+            out += part
+    return bytes(out), d, used
+
+
+def test_chunked_body_decodes_whole_or_byte_by_byte():
+    data, d, _ = _decode([CHUNKED])
+    assert data == b"hello world" and d.done
+    data, d, _ = _decode([CHUNKED[i:i + 1] for i in range(len(CHUNKED))])
+    assert data == b"hello world" and d.done
+
+
+def test_chunked_decoder_says_where_the_body_ends():
+    data, d, used = _decode([CHUNKED + b"HTTP/1.1 200 OK"])
+    assert d.done and used == len(CHUNKED) and data == b"hello world"
+
+
+def test_chunked_decoder_is_not_done_before_the_last_chunk():
+    _, d, _ = _decode([CHUNKED[:-2]])
+    assert not d.done
+
+
+@pytest.mark.parametrize("body", [
+    b"zz\r\nhello\r\n0\r\n\r\n",  # not hex
+    b"3\r\nhello\r\n0\r\n\r\n",  # longer than its size
+    b"" + b"1" * 5000 + b"\r\n",  # a size line without end
+    b"-1\r\n",
+])
+def test_chunked_decoder_refuses_malformed_bodies(body):
+    with pytest.raises(BadResponse):
+        _decode([body])
+
+
+def test_request_head_has_host_and_an_encoded_target():
+    raw = wire.request_head("http://example.org:8080/a b/%41?q=1 2", [("Range", "bytes=0-9")])
+    assert raw.startswith(b"GET /a%20b/%41?q=1%202 HTTP/1.1\r\nHost: example.org:8080\r\n")
+    assert raw.endswith(b"Range: bytes=0-9\r\n\r\n")
+    assert b"Host: [::1]\r\n" in wire.request_head("http://[::1]:80/", [])
+    assert b"Host: h\r\n" in wire.request_head("https://h:443/", [])
+
+
+def test_request_head_takes_the_callers_host_and_encodes_idna():
+    raw = wire.request_head("http://h:81/", [("host", "other")])
+    assert b"Host: h" not in raw and raw.count(b"host: other\r\n") == 1
+    assert b"Host: xn--bcher-kva.example\r\n" in wire.request_head("http://b\u00fccher.example/", [])
+
+
+def test_request_head_refuses_a_header_that_would_split_the_request():
+    with pytest.raises(ValueError):
+        wire.request_head("http://h/", [("X", "a\r\nInjected: 1")])
+
+
+# ---- on loopback: scripted servers ------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Script"], Awaitable[None]]
+
+
+class Script:
+    """A TCP server on 127.0.0.1 running `handler` for every connection."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        self.requests.append(head)
+        return head
+
+
+@contextlib.asynccontextmanager
+async def scripted(handler: Handler, ssl_context: ssl.SSLContext | None = None
+                   ) -> AsyncIterator[tuple[str, Script]]:
+    script = Script()
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        script.connections += 1
+        try:
+            await handler(reader, writer, script)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=ssl_context)
+    port = server.sockets[0].getsockname()[1]
+    scheme = "https" if ssl_context else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{port}/f", script
+    finally:
+        server.close()
+
+
+def client(**kw) -> wire.WireClient:
+    kw.setdefault("connect_timeout", 30)
+    kw.setdefault("read_timeout", 30)
+    return wire.WireClient(tls=kw.pop("tls", ssl.create_default_context), **kw)
+
+
+def keep_alive(body: bytes, extra: bytes = b"") -> Handler:
+    async def handler(reader, writer, script):
+        while await script.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra)
+                         + body)
+            await writer.drain()
+    return handler
+
+
+async def test_keep_alive_reuses_one_connection():
+    body = bytes(range(256)) * 4096  # 1 MiB: several buffers' worth
+    async with scripted(keep_alive(body)) as (url, script):
+        c = client()
+        for _ in range(3):
+            async with await c.get(url, []) as r:
+                assert r.status == 200 and r.content_length == len(body)
+                assert await r.read() == body
+        await c.close()
+    assert script.connections == 1 and len(script.requests) == 3
+    assert c.connections_opened == 1
+
+
+async def test_a_body_not_read_to_its_end_closes_the_connection():
+    size = 8 * wire.BUFFER  # more than a connection's buffers hold
+    async with scripted(keep_alive(b"x" * size)) as (url, script):
+        c = client()
+        async with await c.get(url, []) as r:
+            assert await r.read(10) == b"x" * 10
+        async with await c.get(url, []) as r:
+            assert len(await r.read()) == size
+        await c.close()
+    assert script.connections == 2
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_transparently():
+    async def once(reader, writer, script):  # one answer per connection, then close
+        if await script.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with scripted(once) as (url, script):
+        c = client()
+        for _ in range(3):
+            async with await c.get(url, []) as r:
+                assert await r.read() == b"ok"
+            await asyncio.sleep(0.05)  # let the close arrive (either way it must work)
+        await c.close()
+    assert script.connections == 3
+
+
+async def test_a_body_cut_short_raises():
+    async def cut(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10)
+        await writer.drain()
+
+    async with scripted(cut) as (url, _):
+        c = client()
+        async with await c.get(url, []) as r:
+            with pytest.raises(wire.BodyCutShort):
+                await r.read()
+        await c.close()
+
+
+async def test_a_close_before_any_answer_is_disconnected():
+    async def hang_up(reader, writer, script):
+        await script.read_request(reader)
+
+    async with scripted(hang_up) as (url, _):
+        c = client()
+        with pytest.raises(wire.Disconnected):
+            await c.get(url, [])
+        await c.close()
+
+
+async def test_chunked_answer_is_decoded_and_the_connection_kept():
+    async def chunked(reader, writer, script):
+        while await script.read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (CHUNKED[:7], CHUNKED[7:20], CHUNKED[20:]):
+                writer.write(part)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+    async with scripted(chunked) as (url, script):
+        c = client()
+        for _ in range(2):
+            async with await c.get(url, []) as r:
+                assert r.content_length is None
+                assert await r.read() == b"hello world"
+        await c.close()
+    assert script.connections == 1
+
+
+async def test_a_body_delimited_by_close_is_read_and_not_reused():
+    async def until_close(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+
+    async with scripted(until_close) as (url, script):
+        c = client()
+        for _ in range(2):
+            async with await c.get(url, []) as r:
+                assert await r.read() == b"all of it"
+        await c.close()
+    assert script.connections == 2
+
+
+async def test_informational_answers_are_skipped():
+    async def early_hints(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+
+    async with scripted(early_hints) as (url, _):
+        c = client()
+        async with await c.get(url, []) as r:
+            assert r.status == 200 and await r.read() == b"abc"
+        await c.close()
+
+
+async def test_bytes_beyond_the_body_are_never_read_as_the_body_nor_reused():
+    async with scripted(keep_alive(b"abc", b"")) as (_url, _script):
+        async def extra(reader, writer, s):
+            while await s.read_request(reader) is not None:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcXYZ")
+        async with scripted(extra) as (url2, script2):
+            c = client()
+            for _ in range(2):
+                async with await c.get(url2, []) as r:
+                    assert await r.read() == b"abc"
+            await c.close()
+    assert script2.connections == 2
+
+
+async def test_an_endless_head_is_refused():
+    async def endless(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * (wire.MAX_HEAD + 10))
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    async with scripted(endless) as (url, _):
+        c = client()
+        with pytest.raises(BadResponse):
+            await c.get(url, [])
+        await c.close()
+
+
+async def test_a_silent_server_times_out():
+    gone = asyncio.Event()
+
+    async def silent(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+        await writer.drain()
+        await gone.wait()
+
+    async with scripted(silent) as (url, _):
+        c = client(read_timeout=0.2)
+        with pytest.raises(TimeoutError):
+            async with await c.get(url, []) as r:
+                await r.read()
+        gone.set()
+        await c.close()
+
+
+async def test_a_refused_connection_is_a_connect_error():
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    c = client()
+    with pytest.raises(wire.ConnectError):
+        await c.get(f"http://127.0.0.1:{port}/", [])
+    await c.close()
+
+
+async def test_per_host_limit_holds_a_request_until_one_is_released():
+    async with scripted(keep_alive(b"abc")) as (url, script):
+        c = client(per_host=1)
+        first = await c.get(url, [])
+        second = asyncio.ensure_future(c.get(url, []))
+        await asyncio.sleep(0.1)
+        assert not second.done()  # waits for the one connection allowed
+        assert await first.read() == b"abc"
+        first.release()
+        async with await second as r:
+            assert await r.read() == b"abc"
+        await c.close()
+    assert script.connections == 1
+
+
+async def test_tls_with_a_test_ca(tmp_path):
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    body = b"secret bytes" * 50_000
+    async with scripted(keep_alive(body), ssl_context=server_ctx) as (url, script):
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        c = client(tls=lambda: trusting)
+        for _ in range(2):
+            async with await c.get(url, []) as r:
+                assert await r.read() == body
+        await c.close()
+        assert script.connections == 1
+        stranger = client(tls=ssl.create_default_context)
+        with pytest.raises(wire.CertificateError):
+            await stranger.get(url, [])
+        await stranger.close()
+
+
+async def test_views_stay_valid_until_the_next_read():
+    # The reader keeps a view while the socket fills the other buffer.
+    body = bytes(range(256)) * 20_000
+    async with scripted(keep_alive(body)) as (url, _):
+        c = client()
+        got = bytearray()
+        async with await c.get(url, []) as r:
+            while (v := await r.read_view()) is not None:
+                copy = bytes(v)
+                await asyncio.sleep(0)  # the socket may fill the other buffer meanwhile
+                assert bytes(v) == copy
+                got += v
+        assert got == body
+        await c.close()
+
+
+# ---- mfetch's data path over scripted servers ------------------------------------------
+
+
+def range_server(data: bytes, *, mode: str) -> Handler:
+    """Answers range requests for `data`: mode "ignore" (200, whole file), "chunked"
+    (206, chunked body), "cut-first" (the first 206 answer stops half-way, closed)."""
+    import re
+
+    async def handler(reader, writer, script):
+        while (req := await script.read_request(reader)) is not None:
+            m = re.search(rb"\r\nRange: bytes=(\d+)-(\d+)\r\n", req)
+            if mode == "ignore" or not m:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nETag: \"v1\"\r\n\r\n"
+                             % len(data) + data)
+                await writer.drain()
+                continue
+            a, b = int(m.group(1)), int(m.group(2)) + 1
+            head = (b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\n"
+                    b"ETag: \"v1\"\r\n" % (a, b - 1, len(data)))
+            if mode == "chunked":
+                writer.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+                for i in range(a, b, 100_000):
+                    part = data[i:min(b, i + 100_000)]
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            elif mode == "cut-first" and len(script.requests) == 2:  # after the probe
+                writer.write(head + b"Content-Length: %d\r\n\r\n" % (b - a) + data[a:(a + b) // 2])
+                await writer.drain()
+                return
+            else:
+                writer.write(head + b"Content-Length: %d\r\n\r\n" % (b - a) + data[a:b])
+            await writer.drain()
+    return handler
+
+
+async def _mfetch(*args: str) -> tuple[int, str]:
+    from tests import procs
+
+    p = await asyncio.create_subprocess_exec(
+        procs.command("mfetch"), *args, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _out, err = await asyncio.wait_for(p.communicate(), 300)
+    return p.returncode or 0, err.decode()
+
+
+@pytest.mark.parametrize("mode", ["ignore", "chunked", "cut-first"])
+async def test_mfetch_data_path_gets_the_right_file(tmp_path, mode):
+    import os
+
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    async with scripted(range_server(data, mode=mode)) as (url, script):
+        code, err = await _mfetch(url, "-o", str(tmp_path / "out"), "-q")
+    assert code == 0, err
+    assert (tmp_path / "out").read_bytes() == data
+    if mode == "cut-first":
+        assert script.connections >= 2  # the cut connection was not reused
+
+
+def test_mfetch_never_imports_aiohttp_without_a_proxy():
+    # aiohttp costs ~0.2 s of start-up; only --proxy needs it (tests/test_http_options.py
+    # covers that path). client.swarm and client.background are loaded by plain runs too.
+    import subprocess
+    import sys
+
+    code = ("import sys, client.cli, client.swarm, client.background, client.stream, "
+            "client.repair; sys.exit(1 if 'aiohttp' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+async def test_a_closed_connections_buffers_go_to_the_next_one():
+    # Connections that close mid-body (cancelled requests) must not each allocate new
+    # buffers: glibc keeps freed blocks, and the heap would grow (peak RSS).
+    size = 8 * wire.BUFFER
+    async with scripted(keep_alive(b"x" * size)) as (url, script):
+        c = client()
+        buffers = []
+        for _ in range(4):
+            async with await c.get(url, []) as r:
+                buffers.append(r.connection._bufs)
+                assert await r.read(10) == b"x" * 10  # then closed, not read to its end
+        assert script.connections == 4
+        assert all(b is buffers[0] for b in buffers)  # one pair of buffers, passed on
+        assert c._buffered == 2 * wire.BUFFER
+        await c.close()
