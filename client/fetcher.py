@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -118,8 +119,10 @@ class PieceSink:
         while view and piece < end:
             piece_end = min((piece + 1) * plan.piece_size, plan.size)
             part = view[: piece_end - pos]
+            # Not over a piece already verified and written (by a tail duplicate whose
+            # write just ended, before the scheduler heard of it), nor one being written.
             write = self.bufs is None and sched.may_write(self.req.request, piece) \
-                and piece not in f.finalizing
+                and piece not in f.finalizing and not f.store.done[piece]
             pos += len(part)
             segs.append(_Seg(pos - len(part), part, write, pos == piece_end))
             view = view[len(part):]
@@ -444,10 +447,11 @@ class Fetcher:
                     self.emit(ev.RequestEnded(mine.request, None))
             elif isinstance(mine, ev.Wait):
                 self.changed.clear()
-                try:
-                    await asyncio.wait_for(self.changed.wait(), 0.25)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                # (Ctrl-C) that lands just as the wait ends.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await self.changed.wait()
             else:
                 self.workers.pop(conn, None)
                 return

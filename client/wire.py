@@ -48,6 +48,7 @@ MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
 BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connections
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 MAX_FIELDS = 256
+MAX_INTERIM = 16  # informational (1xx) responses accepted before the real one
 MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or a trailer line
 # An idle connection is closed after this long (as aiohttp's pool did), before the
 # agent's own keep-alive timeout (75 s) would close it under a request on its way.
@@ -112,11 +113,11 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 def head_end(data: bytes | bytearray) -> int:
     """Where the head in `data` ends (just past its empty line), or -1 if not yet.
-    A bare LF ends lines too (RFC 9112 §2.2 lets a recipient accept it)."""
-    a, b = data.find(b"\r\n\r\n"), data.find(b"\n\n")
-    if a < 0:
-        return -1 if b < 0 else b + 2
-    return a + 4 if b < 0 or a < b else b + 2
+    A bare LF ends lines too (RFC 9112 §2.2 lets a recipient accept it), so the head
+    ends at the first LF followed by an empty line: LF LF, or LF CR LF."""
+    a, b = data.find(b"\n\r\n"), data.find(b"\n\n")
+    ends = [i + n for i, n in ((a, 3), (b, 2)) if i >= 0]
+    return min(ends) if ends else -1
 
 
 def parse_head(data: bytes | bytearray) -> Head:
@@ -253,7 +254,7 @@ def request_head(url: str, headers: Iterable[tuple[str, str]], method: str = "GE
     u = urlsplit(url)
     if not u.hostname:
         raise ValueError(f"{url}: no host")
-    name = u.hostname if u.hostname.isascii() else u.hostname.encode("idna").decode()
+    name = u.hostname if u.hostname.isascii() else idna_host(u.hostname)
     host = name if ":" not in name else f"[{name}]"
     default = 443 if u.scheme == "https" else 80
     if u.port is not None and u.port != default:
@@ -272,6 +273,18 @@ def request_head(url: str, headers: Iterable[tuple[str, str]], method: str = "GE
             raise ValueError(f"header {k!r} cannot be sent")
         lines.append(f"{k}: {v}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def idna_host(name: str) -> str:
+    """A non-ASCII host name in ASCII: IDNA 2008 with UTS #46 mapping, as yarl (and so
+    aiohttp) and browsers do; Python's own "idna" codec is IDNA 2003, which maps some
+    names (faß.de) to another domain. Raises ValueError for a name IDNA refuses."""
+    import idna  # only for non-ASCII names (a dependency of yarl, so installed)
+
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except idna.IDNAError as e:
+        raise ValueError(f"{name}: not a valid international host name ({e})") from None
 
 
 # ---- the I/O -----------------------------------------------------------------------
@@ -299,6 +312,10 @@ class Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self.sock: socket.socket | None = None
         self._lowat = 1
+        self._spill = bytearray(256)
+        self._spilled = False  # the last get_buffer() handed out _spill
+        self._stray = False  # bytes came that no response asked for: never reuse
+        self.raw_sock: socket.socket | None = None
         self.idle_since = 0.0
         self.waited = True  # the last take() found nothing received nor queued in the socket
 
@@ -306,14 +323,27 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.raw_sock = transport.get_extra_info("socket")
         if transport.get_extra_info("sslcontext") is None:  # TLS: the socket carries records
-            self.sock = transport.get_extra_info("socket")
+            self.sock = self.raw_sock
 
     def get_buffer(self, sizehint: int) -> memoryview:
         end = self.size if self.want is None else min(self.size, self._fill + self.want)
+        if end <= self._fill:
+            # Nothing more is wanted (or room is gone) but asyncio still reads: a byte
+            # beyond the response (or a FIN) is on its way. asyncio refuses an empty
+            # buffer, so take it aside; the connection is then not reused.
+            self._pause()
+            self._spilled = True
+            return memoryview(self._spill)
+        self._spilled = False  # (a read into _spill may have found nothing)
         return memoryview(self._bufs[self._cur])[self._fill:end]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._spilled:
+            self._stray = True
+            self._spilled = False
+            return
         self._fill += nbytes
         if self.want is not None:
             self.want -= nbytes
@@ -335,9 +365,12 @@ class Connection(asyncio.BufferedProtocol):
     # -- the reader's side
     @property
     def usable(self) -> bool:
-        """Idle, open, and nothing unexpected arrived (a pooled connection)."""
+        """Idle, open, and nothing unexpected arrived (a pooled connection): nothing
+        received and nothing waiting in the socket either, so bytes a server sent after
+        a body are never read as the next response."""
         return (self.transport is not None and not self.transport.is_closing()
-                and not self._eof and self._exc is None and self._fill == 0)
+                and not self._eof and self._exc is None and self._fill == 0
+                and not self._stray and _readable(self.raw_sock) == 0)
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -388,13 +421,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _queued(self) -> int:
         """Bytes waiting in the socket, not yet read (0 under TLS or if unknown)."""
-        if self.sock is None:
-            return 0
-        try:
-            return int.from_bytes(fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0" * 4),
-                                  sys.byteorder)
-        except OSError:
-            return 0
+        return 0 if self.sock is None else _readable(self.sock)
 
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
@@ -423,6 +450,26 @@ class Connection(asyncio.BufferedProtocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+
+def _readable(sock: socket.socket | None) -> int:
+    """Bytes waiting in `sock`'s receive queue (FIONREAD; 0 if unknown or closed)."""
+    if sock is None or sock.fileno() < 0:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4),
+                              sys.byteorder)
+    except OSError:
+        return 0
+
+
+def _connect_error(e: OSError, host: str, port: int) -> ConnectError:
+    where = f"cannot connect to {host}:{port}"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return CertificateError(f"{where}: {e.verify_message}", e)
+    if isinstance(e, ssl.SSLError):
+        return ConnectError(f"{where}: TLS: {e.reason or e}", e)
+    return ConnectError(f"{where}: {e.strerror or e}", e)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:
@@ -460,6 +507,8 @@ class Response:
                 first = first[:self._left]
             self._left -= len(first)
             conn.want = self._left
+            if not self._left:
+                conn._pause()  # the whole body came with the head: read no further
         if first and self._chunked is not None:
             self._dechunk(first)
         elif first:
@@ -588,12 +637,13 @@ class WireClient:
                 if conn is None:
                     conn, reused = await self._connect(key, host, port, tls), False
                 try:
-                    return await self._exchange(conn, url, data)
+                    return await self._exchange(conn, url, data, method)
                 except (Disconnected, ConnectionError):
                     self._drop(conn)
-                    # A kept-alive connection the server closed meanwhile: once more, anew
-                    # (GET is idempotent, RFC 9110 §9.2.2).
-                    if not reused or attempt:
+                    # A kept-alive connection the server closed meanwhile: once more, anew,
+                    # but only GET and HEAD (idempotent, RFC 9110 §9.2.2): a POST may
+                    # have been acted on already.
+                    if not reused or attempt or method not in ("GET", "HEAD"):
                         raise
                 except BaseException:
                     self._drop(conn)
@@ -624,22 +674,16 @@ class WireClient:
         conn = self._new_connection(key)
         try:
             ctx = self._tls() if tls else None
-            await asyncio.wait_for(
-                loop.create_connection(lambda: conn, host, port, ssl=ctx,
-                                       server_hostname=host if tls else None),
-                self.connect_timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (Ctrl-C)
+            # that lands just as the connection is made.
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(lambda: conn, host, port, ssl=ctx,
+                                             server_hostname=host if tls else None)
         except BaseException as e:
             conn.close()
             self._give_back(conn)
-            if isinstance(e, ssl.SSLCertVerificationError):
-                raise CertificateError(f"cannot connect to {host}:{port}: {e.verify_message}",
-                                       e) from None
-            if isinstance(e, ssl.SSLError):
-                raise ConnectError(f"cannot connect to {host}:{port}: TLS: {e.reason or e}",
-                                   e) from None
             if isinstance(e, OSError) and not isinstance(e, TimeoutError):
-                raise ConnectError(f"cannot connect to {host}:{port}: {e.strerror or e}",
-                                   e) from None
+                raise _connect_error(e, host, port) from None
             raise
         sock = conn.transport.get_extra_info("socket") if conn.transport else None
         if sock is not None:
@@ -670,27 +714,42 @@ class WireClient:
             self._spare.append(conn._bufs)
             self._spare.sort(key=lambda pair: len(pair[0]))
 
-    async def _exchange(self, conn: Connection, url: str, data: bytes) -> Response:
+    async def _exchange(self, conn: Connection, url: str, data: bytes,
+                        method: str = "GET") -> Response:
         conn.want = None
         conn.write(data)
-        acc = bytearray()  # head bytes so far; raw[0] is acc[base]
+        acc = bytearray()  # the head so far (at most MAX_HEAD + 4 bytes are copied)
+        interim = 0
         while True:
             raw = await conn.take()
             if not raw:
                 raise Disconnected("the server closed the connection" if not acc else
                                    "the server closed the connection within the head")
-            base = len(acc)
-            acc += raw[:max(0, MAX_HEAD + 4 - base)]  # at most a head's worth is copied
-            while (end := head_end(acc)) >= 0:
-                if end > MAX_HEAD:
-                    break
+            pos = 0  # raw[:pos] is in acc
+            while True:
+                take = min(len(raw) - pos, MAX_HEAD + 4 - len(acc))
+                acc += raw[pos:pos + take]
+                pos += take
+                end = head_end(acc)
+                if end < 0 or end > MAX_HEAD:
+                    if len(acc) > MAX_HEAD:
+                        raise BadResponse(f"a response head longer than {MAX_HEAD} bytes")
+                    break  # all of raw is in acc: read on
                 head = parse_head(acc[:end])
+                body_start = pos - (len(acc) - end)  # where the body begins in raw
                 if not 100 <= head.status < 200:
-                    return Response(self, conn, url, head, framing(head), raw[end - base:])
-                del acc[:end]  # informational (100, 103): the real answer follows
-                base -= end
-            if len(acc) > MAX_HEAD:
-                raise BadResponse(f"a response head longer than {MAX_HEAD} bytes")
+                    frame = framing(head)
+                    if method == "HEAD":  # no body, whatever the fields say (RFC 9110 §9.3.2)
+                        frame = Framing(0, False, frame.keep_alive)
+                    return Response(self, conn, url, head, frame, raw[body_start:])
+                if head.status == 101:
+                    raise BadResponse("101 Switching Protocols in answer to a plain request")
+                interim += 1  # informational (100, 103): the real answer follows
+                if interim > MAX_INTERIM:
+                    raise BadResponse(f"more than {MAX_INTERIM} informational responses")
+                del acc[:]
+                acc += raw[body_start:pos]  # what followed that head, already taken
+                # (raw[pos:] is copied on the next turn)
 
     def _release(self, conn: Connection, reusable: bool) -> None:
         gate = self._gates.get(conn.key)

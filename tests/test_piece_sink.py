@@ -110,3 +110,19 @@ async def test_a_cancelled_duplicate_still_marks_the_piece_it_wrote():
     f = await _race(cancel_duplicate=True)
     assert f.store.done[0] == 1  # written: it counts, though its request was cancelled
     assert [(o, len(d)) for o, d in f.store.writes] == [(0, PIECE)]
+
+
+async def test_a_streaming_request_never_writes_over_a_piece_already_verified():
+    # The duplicate's write ended and marked the piece done before the scheduler heard
+    # of it (PieceDone comes after): the streaming copy, still allowed to write by the
+    # scheduler, must not overwrite the verified bytes on disk.
+    data = bytes(range(256)) * (PIECE // 256)
+    f = FakeFetcher(data, threading.Event())
+    f.store.hold = None
+    await PieceSink(f, fetch(2, 1, True), 0).feed(memoryview(data))  # type: ignore[arg-type]
+    assert f.store.done[0] == 1 and not f.finalizing
+    streaming = PieceSink(f, fetch(1, 0, False), 0)  # type: ignore[arg-type]
+    await streaming.feed(memoryview(b"\xff" * (PIECE // 2)))
+    f.writer.close()
+    assert [(o, len(d)) for o, d in f.store.writes] == [(0, PIECE)]
+    assert f.store.writes[0][1] == data

@@ -53,6 +53,8 @@ def test_head_end_finds_the_empty_line_either_way():
     assert head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody") == 25
     assert head_end(b"HTTP/1.1 200 OK\nA: b\n\nbody") == 22
     assert head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n") == -1
+    assert head_end(b"HTTP/1.1 200 OK\nA: b\n\r\nbody") == 23  # mixed line ends
+    assert head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\nbody") == 24
 
 
 # ---- pure: framing ---------------------------------------------------------------------
@@ -145,6 +147,8 @@ def test_request_head_takes_the_callers_host_and_encodes_idna():
     raw = wire.request_head("http://h:81/", [("host", "other")])
     assert b"Host: h" not in raw and raw.count(b"host: other\r\n") == 1
     assert b"Host: xn--bcher-kva.example\r\n" in wire.request_head("http://b\u00fccher.example/", [])
+    # IDNA 2008 (UTS #46), as yarl and browsers: not IDNA 2003's "fass.de".
+    assert b"Host: xn--fa-hia.de\r\n" in wire.request_head("http://fa\u00df.de/", [])
 
 
 def test_request_head_refuses_a_header_that_would_split_the_request():
@@ -516,3 +520,141 @@ async def test_a_closed_connections_buffers_go_to_the_next_one():
         assert all(b is buffers[0] for b in buffers)  # one pair of buffers, passed on
         assert c._buffered == 2 * wire.BUFFER
         await c.close()
+
+
+# ---- found in review -------------------------------------------------------------------
+
+
+async def test_connections_opened_at_once_share_the_buffer_budget():
+    async with scripted(keep_alive(b"abc")) as (url, _):
+        c = client()
+        responses = await asyncio.gather(*(c.get(url, []) for _ in range(20)))
+        # Each sees the buffers the others reserved: 20 x 2 MiB would be 40 MiB.
+        assert c._buffered <= wire.BUFFER_BUDGET + 20 * 2 * wire.MIN_BUFFER
+        for r in responses:
+            async with r:
+                assert await r.read() == b"abc"
+        await c.close()
+
+
+async def test_bytes_queued_after_a_body_keep_the_connection_out_of_the_pool():
+    sent = asyncio.Event()
+
+    async def stray(reader, writer, script):
+        if script.connections > 1:  # the connection made anew: a plain answer
+            while await script.read_request(reader) is not None:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+            return
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the body apart from the head: read to its exact end
+        writer.write(b"abc")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
+        await writer.drain()
+        sent.set()
+        await script.read_request(reader)
+
+    async with scripted(stray) as (url, script):
+        c = client()
+        async with await c.get(url, []) as r:
+            assert await r.read() == b"abc"
+            await sent.wait()
+            await asyncio.sleep(0.1)  # the stray answer is in the socket, unread
+        async with await c.get(url, []) as r:
+            assert await r.read() == b"good"
+        await c.close()
+    assert script.connections == 2
+
+
+async def test_a_post_is_not_sent_again_when_its_kept_connection_drops():
+    async def answer_once(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await script.read_request(reader)  # the second: dropped unanswered
+
+    async with scripted(answer_once) as (url, script):
+        c = client()
+        async with await c.request("POST", url, [], b"{}") as r:
+            assert await r.read() == b"ok"
+        with pytest.raises(wire.Disconnected):
+            await c.request("POST", url, [], b"{}")
+        await c.close()
+    assert sum(b"POST /" in req for req in script.requests) == 2  # (a body precedes the 2nd)
+
+
+async def test_a_whole_answer_then_close_logs_no_asyncio_error(caplog):
+    async def close_after(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+        await writer.drain()
+
+    async with scripted(close_after) as (url, _):
+        c = client()
+        async with await c.get(url, []) as r:
+            await asyncio.sleep(0.2)  # the FIN arrives while the response is held
+            assert await r.read() == b"abc"
+        await c.close()
+    assert not [x for x in caplog.records if x.name == "asyncio" and x.levelname == "ERROR"]
+
+
+async def test_informational_heads_longer_than_the_head_limit_in_one_read():
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: <" + b"a" * 8000 + b">\r\n\r\n"
+
+    async def hints(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(hint * 12 + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+
+    async with scripted(hints) as (url, _):
+        c = client()
+        async with await c.get(url, []) as r:
+            assert r.status == 200 and await r.read() == b"abc"
+        await c.close()
+
+
+@pytest.mark.parametrize("interim", [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n" * 17,  # more than wire.MAX_INTERIM
+])
+async def test_a_switch_or_endless_informational_answers_are_refused(interim):
+    async def answer(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+
+    async with scripted(answer) as (url, _):
+        c = client()
+        with pytest.raises(BadResponse):
+            await c.get(url, [])
+        await c.close()
+
+
+async def test_a_head_request_has_no_body_whatever_its_length_says():
+    async def head_then_get(reader, writer, script):
+        while (req := await script.read_request(reader)) is not None:
+            body = b"" if req.startswith(b"HEAD") else b"x" * 100
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + body)
+
+    async with scripted(head_then_get) as (url, script):
+        c = client(read_timeout=30)
+        async with await c.request("HEAD", url, []) as r:
+            assert r.content_length == 0 and await r.read() == b""
+        async with await c.get(url, []) as r:
+            assert await r.read() == b"x" * 100
+        await c.close()
+    assert script.connections == 1
+
+
+def test_a_read_into_the_spill_that_found_nothing_does_not_eat_the_next_bytes():
+    # asyncio may ask for a buffer and then find nothing to read (a spurious wake-up):
+    # the spill handed out then must not make the next real bytes count as stray.
+    conn = wire.Connection("k", None, (bytearray(16), bytearray(16)))
+    conn.want = 0
+    assert len(conn.get_buffer(-1)) > 0  # the spill (asyncio refuses an empty buffer)
+    conn.want = None  # back in the pool, reading again; the spill read found nothing
+    view = conn.get_buffer(-1)
+    view[:3] = b"abc"
+    conn.buffer_updated(3)
+    assert conn._fill == 3 and not conn._stray
