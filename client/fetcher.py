@@ -24,6 +24,7 @@ from client import events as ev
 from client.http import (
     TRANSIENT_ERRORS,
     HttpClient,
+    changed,
     check_range_response,
     describe,
     origin,
@@ -485,8 +486,7 @@ class Fetcher:
             named_agent = src.kind in ("agent", "peer")
             async with self.http.get(src.url, headers, agent=named_agent) as resp:
                 if resp.status == 200 and ranged:
-                    if src.ranges_seen or (src.validator and validator_of(resp.headers)
-                                           not in ("", src.validator)):
+                    if src.ranges_seen or changed(src.validator, resp.headers):
                         return ev.Fault(ev.FaultKind.FATAL, "the file changed on the server")
                     self.emit(ev.RangesIgnored(f.request))
                     return None
@@ -502,7 +502,7 @@ class Fetcher:
                 elif resp.content_length not in (None, plan.size):
                     return ev.Fault(ev.FaultKind.FATAL,
                                     f"now says the file has {resp.content_length} bytes")
-                elif src.validator and validator_of(resp.headers) not in ("", src.validator):
+                elif changed(src.validator, resp.headers):
                     return ev.Fault(ev.FaultKind.FATAL, "the file changed on the server")
                 sink = PieceSink(self, f, skip=0 if ranged else start)
                 length = resp.content_length

@@ -466,6 +466,23 @@ def validator_of(headers: Mapping[str, str]) -> str:
     return headers.get("Last-Modified", "")
 
 
+def changed(validator: str, headers: Mapping[str, str]) -> bool:
+    """Whether a response says the file is no longer the one `validator` (from
+    :func:`validator_of`) named. Like is compared with like: an entity tag with the
+    response's strong ETag, a date with its Last-Modified; a response without that
+    kind of validator says nothing. (An agent adds its ETag once it has hashed a
+    file: the Last-Modified taken before still names the same file.)"""
+    if not validator:
+        return False
+    etag = headers.get("ETag", "")
+    etag = "" if etag.startswith("W/") else etag
+    modified = headers.get("Last-Modified", "")
+    if validator in (etag, modified):
+        return False
+    is_date = email.utils.parsedate_tz(validator) is not None
+    return bool(modified if is_date else etag)
+
+
 async def probe(client: HttpClient, url: str) -> Probe:
     """Ask `url` for its first byte to learn its size, validator and range support.
 
@@ -511,8 +528,7 @@ def check_range_response(resp: Response, start: int, end: int, size: int,
     if got[:2] != (start, end):
         return Fault(FaultKind.FATAL,
                      f"sent bytes {got[0]}-{got[1] - 1} when asked for {start}-{end - 1}")
-    now = validator_of(resp.headers)
-    if validator and now and now != validator:
+    if changed(validator, resp.headers):
         return Fault(FaultKind.FATAL, "the file changed on the server")
     return None
 

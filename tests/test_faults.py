@@ -276,3 +276,56 @@ def test_a_redirecting_mirror_stays_the_url_the_user_gave(tmp_path):
         assert front.requests >= 2  # every request went through the redirect again
     assert s["sources"][0]["url"] == front.url
     assert (tmp_path / "out").read_bytes() == data
+
+
+def _etag_later_server(data: bytes, etag_after: int, etag: str = '"v1"'):
+    """Ranges with a fixed Last-Modified, and from request `etag_after` on also an
+    ETag, as an agent answers before and after it has hashed a file."""
+    from aiohttp import web
+
+    from common.http_ranges import content_range, parse_range
+    from tests.servers import AppServer
+
+    count = 0
+    modified = "Sat, 21 Nov 2026 10:00:00 GMT"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal count
+        count += 1
+        headers = {"Last-Modified": modified, "Accept-Ranges": "bytes"}
+        if count > etag_after:
+            headers["ETag"] = etag
+        span = parse_range(request.headers["Range"], len(data)) if "Range" in request.headers \
+            else None
+        if span is None:
+            return web.Response(body=data, headers=headers)
+        start, end = span
+        headers["Content-Range"] = content_range(start, end, len(data))
+        return web.Response(status=206, body=data[start:end], headers=headers)
+
+    return AppServer(handler)
+
+
+def test_an_etag_that_appears_later_is_not_a_changed_file(tmp_path):
+    data = make_file(tmp_path / "d", 4 * MiB, seed=31)
+    server = _etag_later_server(data, etag_after=2)
+    try:
+        s = fetch_ok(tmp_path, server.url + "/f")
+    finally:
+        server.close()
+    assert (tmp_path / "out").read_bytes() == data
+    assert not s["sources"][0].get("dropped")
+
+
+def test_changed_compares_like_with_like():
+    from client.http import changed
+
+    date, later = "Sat, 21 Nov 2026 10:00:00 GMT", "Sat, 21 Nov 2026 11:00:00 GMT"
+    assert not changed(date, {"Last-Modified": date, "ETag": '"x"'})  # an ETag added
+    assert changed(date, {"Last-Modified": later, "ETag": '"x"'})
+    assert not changed('"x"', {"Last-Modified": later, "ETag": '"x"'})
+    assert changed('"x"', {"ETag": '"y"'})
+    assert changed("x-unquoted", {"ETag": "y-unquoted", "Last-Modified": date})
+    assert not changed('"x"', {"Last-Modified": date})  # says nothing about the ETag
+    assert not changed('"x"', {"ETag": 'W/"y"'})  # a weak tag never compares
+    assert not changed("", {"ETag": '"y"'})
