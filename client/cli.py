@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
                    help="take the expected SHA-256 from a checksum file (SHA256SUMS, GNU or "
                         "BSD format), the entry for the file being fetched")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--sync", action="store_true", default=None,
+                   help="flush the file to disk before exiting (and the resume state as it "
+                        "goes), so a power loss loses nothing; as slow as the disk")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log every source event")
@@ -195,7 +198,8 @@ async def _main(args: argparse.Namespace) -> int:
              "max_connections_per_source": args.max_connections_per_source,
              "stall_timeout": args.stall_timeout, "agent_token_file": args.agent_token_file,
              "max_connections_per_host": args.max_connections_per_host,
-             "limit_rate": args.limit_rate, "agent": args.agent, **security.link_flags(args)}
+             "limit_rate": args.limit_rate, "agent": args.agent, "sync": args.sync,
+             **security.link_flags(args)}
     cfg = client_config.load(args.config, flags)
     if args.background:
         return await background(args, cfg)
@@ -277,7 +281,8 @@ async def background(args: argparse.Namespace, cfg: client_config.ClientConfig) 
         ("--limit-rate", args.limit_rate), ("--connections", args.connections),
         ("--max-connections", args.max_connections_per_source),
         ("--max-host-connections", args.max_connections_per_host),
-        ("--stall-timeout", args.stall_timeout), ("--force", args.force)) if given]
+        ("--stall-timeout", args.stall_timeout), ("--force", args.force),
+        ("--sync", args.sync)) if given]
     if ignored:
         raise ConfigError(f"--background: the agent fetches with its own settings, so "
                           f"{', '.join(ignored)} would be ignored; drop "
@@ -336,7 +341,7 @@ def output_path(option: str | None, plan: Plan, force: bool) -> pathlib.Path:
 
 async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
                 http: HttpClient, *, quiet: bool, started: float) -> Result:
-    store = PartFile(out)
+    store = PartFile(out, durable=cfg.sync)
     done, note = store.open(content_key(plan), plan.pieces)
     if note:
         log.warning("%s", note)

@@ -36,6 +36,10 @@ class ClientConfig(TrackerLinkSettings):
     # the tracker's TLS and client token come from TrackerLinkSettings.
     agent_token: str | None = field(default=None, repr=False)
     agent_token_file: str | None = None
+    # Flush the file to disk before it is handed over (and before each checkpoint
+    # vouches for pieces), so even a power loss loses nothing: slower when the disk is
+    # slower than the network. Off: writeback is the kernel's, as with curl.
+    sync: bool = False
 
     def scheduler(self) -> SchedulerConfig:
         return SchedulerConfig(

@@ -3,9 +3,17 @@
 Pieces are written in place with ``os.pwrite``, so memory stays bounded
 whatever the file size. The control file records what the bytes are (the
 content's identity and the sources' validators) and which pieces are
-verified. It is rewritten atomically (temp file, fsync, rename) and only ever
-after the data it vouches for has been flushed (``fdatasync``), so no crash
-can leave a control file claiming a piece that is not on disk.
+verified. It is rewritten atomically (temp file, rename) and only after the
+data it vouches for was written, so a process that is stopped or killed at any
+moment resumes with exactly its verified pieces (the page cache outlives it).
+
+A ``durable`` PartFile (``mfetch --sync``) also survives a power loss or a
+kernel crash: the data is flushed (``fdatasync``) before the control file
+vouches for it, the control file is fsynced, and the finished file is flushed
+before it is renamed into place. That costs the disk's write speed: on this
+project's test machine a 2 GiB file from a loopback mirror took 10.5 s
+instead of 2 s. Without it mfetch leaves writeback to the kernel, as curl,
+wget and aria2c do.
 """
 from __future__ import annotations
 
@@ -51,8 +59,9 @@ class ContentKey:
 class PartFile:
     """An in-progress download. Use :meth:`open`, then write, checkpoint, :meth:`finish`."""
 
-    def __init__(self, out: pathlib.Path) -> None:
+    def __init__(self, out: pathlib.Path, *, durable: bool = True) -> None:
         self.out = out
+        self.durable = durable  # flush to disk before vouching or renaming (see above)
         self.part = out.with_name(out.name + ".part")
         self.control = out.with_name(out.name + ".mfetch")
         self.fd = -1
@@ -143,13 +152,15 @@ class PartFile:
         return None if snap == self.flushed else snap
 
     def checkpoint(self, snap: bytes) -> None:
-        """Flush the data, then vouch for the pieces in `snap` (blocking: run in a thread).
+        """Flush the data (if durable), then vouch for the pieces in `snap` (blocking:
+        run in a thread).
 
         `snap` must have been taken before the flush began, so every piece it
         names was written before the flush.
         """
         try:
-            os.fdatasync(self.fd)
+            if self.durable:
+                os.fdatasync(self.fd)
         except OSError as e:
             raise StorageError(f"cannot flush {self.part}: {e.strerror}") from None
         self._write_control(snap)
@@ -162,13 +173,15 @@ class PartFile:
         self._write_control(self.flushed)
 
     def finish(self) -> pathlib.Path:
-        """Flush, rename OUT.part to OUT atomically, drop the control file."""
+        """Flush (if durable), rename OUT.part to OUT atomically, drop the control file."""
         try:
-            os.fsync(self.fd)
+            if self.durable:
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             os.replace(self.part, self.out)
-            _fsync_dir(self.out.parent)
+            if self.durable:
+                _fsync_dir(self.out.parent)
         except OSError as e:
             raise StorageError(f"cannot finish {self.out}: {e.strerror}") from None
         self._unlink(self.control)
@@ -204,7 +217,8 @@ class PartFile:
             with open(tmp, "w") as f:
                 json.dump(doc, f)
                 f.flush()
-                os.fsync(f.fileno())
+                if self.durable:
+                    os.fsync(f.fileno())
             os.replace(tmp, self.control)
         except OSError as e:
             raise StorageError(f"cannot write {self.control}: {e.strerror}") from None

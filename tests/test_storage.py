@@ -108,3 +108,28 @@ def test_unwritable_place_is_a_storage_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StorageError, match="cannot write"):
         PartFile(tmp_path / "file" / "f").open(KEY, 4)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_only_a_durable_download_waits_for_the_disk(tmp_path, monkeypatch, durable):
+    import os
+
+    flushed: list[str] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "fdatasync",
+                        lambda fd: (flushed.append("fdatasync"), real_fdatasync(fd))[1])
+    out = tmp_path / "f"
+    store = PartFile(out, durable=durable)
+    store.open(KEY, 4)
+    for p in range(4):
+        store.pwrite(p * 256, bytes([p + 1]) * (256 if p < 3 else 232))
+        store.mark_done(p)
+    store.checkpoint(store.snapshot() or b"")
+    store.finish()
+    assert out.read_bytes() == b"".join(bytes([p + 1]) * (256 if p < 3 else 232)
+                                        for p in range(4))
+    if durable:  # data before the control file vouches, the control file, the file, its folder
+        assert flushed[0] == "fdatasync" and flushed.count("fsync") >= 3
+    else:
+        assert flushed == []
