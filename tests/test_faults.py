@@ -329,3 +329,15 @@ def test_changed_compares_like_with_like():
     assert not changed('"x"', {"Last-Modified": date})  # says nothing about the ETag
     assert not changed('"x"', {"ETag": 'W/"y"'})  # a weak tag never compares
     assert not changed("", {"ETag": '"y"'})
+
+
+def test_sync_flag_fetches_the_same_file(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=32)
+    with FaultyServer(data) as good:
+        fetch_ok(tmp_path, good.url, extra=("--sync",))
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_background_refuses_sync(tmp_path):
+    r = mfetch("--background", "http://127.0.0.1:9/f", "--sync", "--agent", "http://127.0.0.1:9")
+    assert r.returncode == 1 and "--sync" in r.stderr and "Traceback" not in r.stderr
