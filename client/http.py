@@ -419,13 +419,11 @@ class _AiohttpResponse:
         return data
 
     def set_lowat(self, value: int) -> None:
-        if self._sock is None or value == self._lowat:
-            return
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
-            self._lowat = value
-        except OSError:
-            self._sock = None
+        if self._sock is not None and value != self._lowat:
+            if wire.set_rcvlowat(self._sock, value):
+                self._lowat = value
+            else:
+                self._sock = None
 
     def release(self) -> None:
         self.set_lowat(1)  # before the connection goes back to aiohttp's pool

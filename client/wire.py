@@ -407,13 +407,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def set_lowat(self, value: int) -> None:
         """Wake up only once `value` bytes are readable (SO_RCVLOWAT; see fetcher)."""
-        if self.sock is None or value == self._lowat:
-            return
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
-            self._lowat = value
-        except OSError:
-            self.sock = None
+        if self.sock is not None and value != self._lowat:
+            if set_rcvlowat(self.sock, value):
+                self._lowat = value
+            else:
+                self.sock = None
 
     def close(self) -> None:
         if self.transport is not None:
@@ -450,6 +448,16 @@ class Connection(asyncio.BufferedProtocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+
+
+def set_rcvlowat(sock: socket.socket, value: int) -> bool:
+    """SO_RCVLOWAT on `sock`: reads wake up only once `value` bytes are waiting. False
+    if the socket refuses (then the caller stops trying)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, value)
+        return True
+    except OSError:
+        return False
 
 
 def _readable(sock: socket.socket | None) -> int:
