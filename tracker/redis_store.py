@@ -70,6 +70,19 @@ local function live(agent)
   return s and tonumber(s) > NOW
 end
 local function basename(path) return string.match(path, '([^/]*)$') end
+-- A holding set member is 'agent\\0path': if its agent's lease is live, append
+-- agent, base_url, path, value to `out` (the flat shape _flat_located reads).
+local function add_live(out, member)
+  local sep = string.find(member, '\\0', 1, true)
+  local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+  if live(agent) then
+    local v = redis.call('HGET', P .. 'held:' .. agent, path)
+    local base = redis.call('HGET', P .. 'agent:' .. agent, 'base_url')
+    if v and base then
+      out[#out + 1] = agent; out[#out + 1] = base; out[#out + 1] = path; out[#out + 1] = v
+    end
+  end
+end
 local function drop(agent, path)
   local v = redis.call('HGET', P .. 'held:' .. agent, path)
   if not v then return end
@@ -166,15 +179,7 @@ return redis.call('HLEN', held)
 _LOCATE = _NOW + """
 local out = {}
 for _, member in ipairs(redis.call('SMEMBERS', P .. ARGV[3])) do
-  local sep = string.find(member, '\\0', 1, true)
-  local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-  if live(agent) then
-    local v = redis.call('HGET', P .. 'held:' .. agent, path)
-    local base = redis.call('HGET', P .. 'agent:' .. agent, 'base_url')
-    if v and base then
-      out[#out + 1] = agent; out[#out + 1] = base; out[#out + 1] = path; out[#out + 1] = v
-    end
-  end
+  add_live(out, member)
 end
 return out
 """
@@ -219,16 +224,7 @@ end
 local holdings, mirrors = {}, {}
 for _, sha in ipairs(shas) do
   for _, member in ipairs(redis.call('SMEMBERS', P .. 'sha:' .. sha)) do
-    local sep = string.find(member, '\\0', 1, true)
-    local agent, path = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-    if live(agent) then
-      local v = redis.call('HGET', P .. 'held:' .. agent, path)
-      local base = redis.call('HGET', P .. 'agent:' .. agent, 'base_url')
-      if v and base then
-        holdings[#holdings + 1] = agent; holdings[#holdings + 1] = base
-        holdings[#holdings + 1] = path; holdings[#holdings + 1] = v
-      end
-    end
+    add_live(holdings, member)
   end
   for _, url in ipairs(redis.call('SMEMBERS', P .. 'msha:' .. sha)) do
     local v = redis.call('HGET', P .. 'mirrors', url)
