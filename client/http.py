@@ -69,6 +69,7 @@ USER_AGENT = "mfetch/0.1"
 BASE_HEADERS = {"Accept-Encoding": "identity"}
 REDIRECTS = (301, 302, 303, 307, 308)
 SENSITIVE = ("authorization", "cookie", "proxy-authorization")
+PROXY_LOWAT = 256 * 1024  # most bytes to wait for on a proxied response (set_lowat)
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,10 @@ class _AiohttpResponse:
         return data
 
     def set_lowat(self, value: int) -> None:
+        # aiohttp's reader has no patience timer (wire.LOWAT_PATIENCE): a quarter of
+        # the mark asked for (~50 ms of the rate), at most 256 KiB, so that a source
+        # slowing down is still heard soon.
+        value = max(1, min(value // 4, PROXY_LOWAT))
         if self._sock is not None and value != self._lowat:
             if wire.set_rcvlowat(self._sock, value):
                 self._lowat = value

@@ -45,6 +45,9 @@ from urllib.parse import quote, urlsplit
 
 BUFFER = 1024 * 1024  # the most each of a connection's two receive buffers holds
 MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
+# A wake-up mark (SO_RCVLOWAT) not reached in this long: the source slowed down, so the
+# mark drops to one byte and what did arrive is read (the scheduler sees it in time).
+LOWAT_PATIENCE = 0.5
 BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connections
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 MAX_FIELDS = 256
@@ -312,6 +315,7 @@ class Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self.sock: socket.socket | None = None
         self._lowat = 1
+        self._timer: asyncio.TimerHandle | None = None
         self._spill = bytearray(256)
         self._spilled = False  # the last get_buffer() handed out _spill
         self._stray = False  # bytes came that no response asked for: never reuse
@@ -406,7 +410,9 @@ class Connection(asyncio.BufferedProtocol):
             self._resume()
 
     def set_lowat(self, value: int) -> None:
-        """Wake up only once `value` bytes are readable (SO_RCVLOWAT; see fetcher)."""
+        """Wake up only once `value` bytes are readable (SO_RCVLOWAT; see fetcher), or
+        a buffer's worth, or after LOWAT_PATIENCE with whatever came."""
+        value = min(value, self.size)
         if self.sock is not None and value != self._lowat:
             if set_rcvlowat(self.sock, value):
                 self._lowat = value
@@ -424,15 +430,27 @@ class Connection(asyncio.BufferedProtocol):
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         fut = self._waiter = loop.create_future()
-        timer = None
-        if self.read_timeout is not None:
-            timer = loop.call_later(self.read_timeout, _expire, fut)
+        if self._lowat > 1:
+            self._timer = loop.call_later(LOWAT_PATIENCE, self._impatient, fut)
+        elif self.read_timeout is not None:
+            self._timer = loop.call_later(self.read_timeout, _expire, fut)
         try:
             await fut
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _impatient(self, fut: asyncio.Future[None]) -> None:
+        """The wake-up mark was not reached in time: wake for any byte from now on
+        (setting the mark makes the kernel report the socket readable at once if bytes
+        are waiting), and let the read timeout run its remaining course."""
+        self.set_lowat(1)
+        self._timer = None
+        if self.read_timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                max(0.0, self.read_timeout - LOWAT_PATIENCE), _expire, fut)
 
     def _wake(self) -> None:
         w = self._waiter

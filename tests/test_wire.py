@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -658,3 +660,65 @@ def test_a_read_into_the_spill_that_found_nothing_does_not_eat_the_next_bytes():
     view[:3] = b"abc"
     conn.buffer_updated(3)
     assert conn._fill == 3 and not conn._stray
+
+
+def _trickle(first: bytes, gone: asyncio.Event) -> Handler:
+    """Answers a 1 MB body: the head, `first` 0.1 s later, then nothing until `gone`."""
+    async def handler(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(first)
+        await writer.drain()
+        await gone.wait()
+    return handler
+
+
+async def test_bytes_below_the_wake_up_mark_are_read_after_the_patience(monkeypatch):
+    # A source that slows down must still be heard: with a mark of 512 KiB and 1000
+    # bytes waiting, the read returns those bytes after LOWAT_PATIENCE, long before the
+    # read timeout, and the mark is back to one byte.
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.6)
+    gone = asyncio.Event()
+    async with scripted(_trickle(b"a" * 1000, gone)) as (url, _):
+        c = client(read_timeout=30)
+        async with await c.get(url, []) as r:
+            r.set_lowat(512 * 1024)
+            t0 = time.monotonic()
+            chunk = await r.read_view()
+            waited = time.monotonic() - t0
+            assert chunk is not None and bytes(chunk) == b"a" * 1000
+            assert waited >= 0.5  # the mark held while the bytes waited below it
+            assert waited < 10  # the patience (0.6 s here), not the 30 s read timeout
+            assert r._conn._lowat == 1
+        gone.set()
+        await c.close()
+
+
+async def test_a_silent_source_still_times_out_under_a_wake_up_mark(monkeypatch):
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.1)
+    gone = asyncio.Event()
+    async with scripted(_trickle(b"", gone)) as (url, _):
+        c = client(read_timeout=0.5)
+        async with await c.get(url, []) as r:
+            r.set_lowat(512 * 1024)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await r.read_view()
+            assert time.monotonic() - t0 >= 0.45  # the whole read timeout, not the patience
+        gone.set()
+        await c.close()
+
+
+def test_the_wake_up_mark_is_never_above_a_buffer():
+    conn = wire.Connection("k", None, (bytearray(4096), bytearray(4096)))
+    a, b = socket.socketpair()
+    try:
+        conn.sock = a
+        conn.set_lowat(1 << 20)
+        assert conn._lowat == 4096
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 4096
+    finally:
+        a.close()
+        b.close()
