@@ -304,6 +304,7 @@ class Scheduler:
             self.done[i] = 1
         self.left = pieces - sum(self.done)
         self.owner = [NO_OWNER] * pieces  # the one request streaming a piece to disk
+        self._unclaimed = self.left  # pieces neither done nor owned (kept by _own/_disown)
         self.dups: dict[int, set[int]] = {}  # piece -> buffered requests copying it
         self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
         # Which host each source is on (equal numbers: one host, one connection cap).
@@ -497,6 +498,8 @@ class Scheduler:
             src.in_a_row = 0
         if self.done[piece]:
             return out
+        if self.owner[piece] == NO_OWNER:
+            self._unclaimed -= 1
         self.done[piece] = 1
         self.left -= 1
         self._last_piece = self.clock()
@@ -758,7 +761,7 @@ class Scheduler:
                     cut = victim.end - take
                     victim.end = cut
                     for p in range(cut, cut + take):
-                        self.owner[p] = NO_OWNER
+                        self._disown(p)
                     return [Truncate(victim.id, cut),
                             self._fetch(conn, cut, cut + take, buffered=False)]
             # Duplicate the piece the victim is working on, if we would clearly beat it
@@ -823,7 +826,7 @@ class Scheduler:
             cut, req.end = req.end, keep
             for p in range(keep, cut):
                 if self.owner[p] == rid:
-                    self.owner[p] = NO_OWNER
+                    self._disown(p)
                     self._low = min(self._low, p)
             out.append(Truncate(rid, keep))
         return out
@@ -861,7 +864,7 @@ class Scheduler:
             if buffered:
                 self.dups.setdefault(p, set()).add(rid)
             elif not self.done[p]:
-                self.owner[p] = rid
+                self._own(p, rid)
         return Fetch(rid, conn.id, conn.source, first, end, buffered)
 
     def _end_request(self, req: _Request, action: Action | None) -> list[Action]:
@@ -877,7 +880,7 @@ class Scheduler:
             conn.meter.stop(now)
         for p in range(req.first, req.end):  # by ownership: a cursor can never orphan a piece
             if self.owner[p] == req.id:
-                self.owner[p] = NO_OWNER
+                self._disown(p)
                 self._low = min(self._low, p)
             dups = self.dups.get(p)
             if dups is not None:
@@ -951,11 +954,20 @@ class Scheduler:
         return rate
 
     def _unclaimed_bytes(self) -> int:
-        n = 0
-        for p in range(self._low, self.pieces):
-            if not self.done[p] and self.owner[p] == NO_OWNER:
-                n += 1
-        return n * self.piece_size
+        return self._unclaimed * self.piece_size
+
+    def _own(self, piece: int, rid: int) -> None:
+        """`rid` streams `piece` (not done) to disk from now on."""
+        if self.owner[piece] == NO_OWNER:
+            self._unclaimed -= 1
+        self.owner[piece] = rid
+
+    def _disown(self, piece: int) -> None:
+        """Nobody streams `piece` any more: back in the pool unless it is done."""
+        if self.owner[piece] != NO_OWNER:
+            self.owner[piece] = NO_OWNER
+            if not self.done[piece]:
+                self._unclaimed += 1
 
     def _piece_bytes(self, piece: int) -> int:
         return min(self.piece_size, self.size - piece * self.piece_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from client import events as ev
-from client.scheduler import Scheduler, SchedulerConfig
+from client.scheduler import NO_OWNER, Scheduler, SchedulerConfig
 from tests.sim import SimSource, simulate
 
 MB = 1_000_000
@@ -54,6 +54,30 @@ def test_simulated_efficiency(name: str, sources: list[SimSource], least: float)
     for src, dropped in zip(sources, r.dropped):
         if src.liar:
             assert "bad piece" in dropped
+
+
+class _CountingChecked(Scheduler):
+    """The scheduler, checking after every event that its count of unclaimed pieces
+    (kept up to date as pieces are claimed, given back and done) equals a full scan."""
+
+    def handle(self, event: ev.Event) -> list[ev.Action]:
+        actions = super().handle(event)
+        scanned = sum(1 for p in range(self.pieces)
+                      if not self.done[p] and self.owner[p] == NO_OWNER)
+        assert self._unclaimed == scanned, (event, self._unclaimed, scanned)
+        return actions
+
+
+@pytest.mark.parametrize("name,sources", [
+    (name, sources) for name, sources, _ in SCENARIOS
+    if name in ("fastest stalls mid-run", "fastest dies near the end", "a liar among honest sources",
+                "sixteen mirrors", "fastest trickles near the end")])
+def test_unclaimed_count_matches_a_scan(name: str, sources: list[SimSource],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tests.sim.Scheduler", _CountingChecked)
+    pieces = -(-20 * MB // PIECE)
+    r = simulate(20 * MB, PIECE, sources, done=set(range(0, pieces, 7)))
+    assert r.finished, r.failed
 
 
 def test_all_sources_dead_fails_with_reasons() -> None:
