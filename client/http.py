@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
 import netrc
 import socket
 import ssl
@@ -482,6 +481,8 @@ def changed(validator: str, headers: Mapping[str, str]) -> bool:
     modified = headers.get("Last-Modified", "")
     if validator in (etag, modified):
         return False
+    import email.utils  # here: ~6 ms at start-up for a rare answer (a 200 to a range)
+
     is_date = email.utils.parsedate_tz(validator) is not None
     return bool(modified if is_date else etag)
 
@@ -557,6 +558,8 @@ def retry_after_seconds(value: str) -> float | None:
         return None
     if value.isdigit():
         return min(60.0, float(value))
+    import email.utils  # only for a date (rare): ~6 ms at every start-up otherwise
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
