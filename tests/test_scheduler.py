@@ -80,6 +80,32 @@ def test_unclaimed_count_matches_a_scan(name: str, sources: list[SimSource],
     assert r.finished, r.failed
 
 
+def _simulate_keeping(monkeypatch: pytest.MonkeyPatch, *args, **kw) -> Scheduler:
+    """Run the simulator; return its scheduler, to look at what it ended with."""
+    kept: list[Scheduler] = []
+
+    class Kept(Scheduler):
+        def __init__(self, *a, **k) -> None:
+            super().__init__(*a, **k)
+            kept.append(self)
+
+    monkeypatch.setattr("tests.sim.Scheduler", Kept)
+    r = simulate(*args, **kw)
+    assert r.finished, r.failed
+    return kept[0]
+
+
+def test_a_link_one_connection_fills_keeps_no_spare_connections(monkeypatch) -> None:
+    # The third connection is tried, buys nothing, and is let go again.
+    s = _simulate_keeping(monkeypatch, 100 * MB, PIECE, [SimSource(20 * MB)])
+    assert s.sources[0].saturated and s.sources[0].target == 2
+
+
+def test_a_source_that_caps_each_connection_gets_more(monkeypatch) -> None:
+    s = _simulate_keeping(monkeypatch, 200 * MB, PIECE, [SimSource(40 * MB, per_conn=8 * MB)])
+    assert s.sources[0].target >= 5
+
+
 def test_all_sources_dead_fails_with_reasons() -> None:
     r = simulate(10 * MB, PIECE, [SimSource(5 * MB, die_at=0.5), SimSource(5 * MB, die_at=0.5)],
                  limit=300)
@@ -235,7 +261,8 @@ def test_a_stalled_request_hands_its_far_pieces_back_at_once() -> None:
     """A source that falls silent mid-request keeps only its current piece: within
     about a second its far pieces are back in the pool for the others, long before
     the stall timeout (8 s) would free them."""
-    s, now = _sched(pieces=64, sources=2, initial_connections=1)
+    # One connection each (no adapting): the test drives those two by hand.
+    s, now = _sched(pieces=64, sources=2, initial_connections=1, max_connections_per_source=1)
     c_stalls, c_fine = (s.conns[a.conn] for a in _open_conns(s.start()))
     stalls = s._fetch(c_stalls, 0, 20, buffered=False).request
     fine = s._fetch(c_fine, 20, 40, buffered=False).request
