@@ -502,6 +502,7 @@ async def probe(client: HttpClient, url: str) -> Probe:
                     raise ProtocolError(f"{url}: {e}") from None
                 if total is None:
                     raise ProtocolError(f"{url}: does not say the file's size")
+                await _finish_small(resp)
                 return Probe(final, total, validator_of(resp.headers), True)
             if resp.status == 200:
                 length = resp.content_length
@@ -511,10 +512,18 @@ async def probe(client: HttpClient, url: str) -> Probe:
             if resp.status == 416:  # an empty file has no byte 0 (RFC 9110 §14.4)
                 cr = resp.headers.get("Content-Range", "")
                 if cr.strip() == "bytes */0":
+                    await _finish_small(resp)
                     return Probe(final, 0, validator_of(resp.headers), True)
             raise SourceError(f"{url}: answered {resp.status} {resp.reason or ''}".rstrip())
     except TRANSIENT_ERRORS as e:
         raise SourceError(f"{url}: {describe(e)}") from None
+
+
+async def _finish_small(resp: Response) -> None:
+    """Read a short body to its end, so that its connection goes back to the pool and
+    the download's first request to this source reuses it (no second handshake)."""
+    if resp.content_length is not None and resp.content_length <= 64 * 1024:
+        await resp.read()
 
 
 def check_range_response(resp: Response, start: int, end: int, size: int,

@@ -722,3 +722,20 @@ def test_the_wake_up_mark_is_never_above_a_buffer():
     finally:
         a.close()
         b.close()
+
+
+async def test_the_probes_connection_serves_the_first_request():
+    # The probe reads its one-byte body, so its connection goes back to the pool: the
+    # download's first request to that source saves a handshake (a TLS one, on the
+    # Internet: two round trips).
+    from client.http import HttpClient, HttpOptions, probe
+
+    data = bytes(range(256)) * 64
+    async with scripted(range_server(data, mode="plain")) as (url, script):
+        async with HttpClient(HttpOptions(), connect_timeout=5, read_timeout=10,
+                              per_host=2) as http:
+            p = await probe(http, url)
+            assert p.size == len(data) and p.ranges
+            async with http.get(url, {"Range": "bytes=0-99"}) as resp:
+                assert resp.status == 206 and await resp.read() == data[:100]
+    assert len(script.requests) == 2 and script.connections == 1
