@@ -19,6 +19,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 
 from client import config as client_config
@@ -191,6 +192,29 @@ def main(argv: list[str] | None = None) -> int:
     except MfetchError as e:
         print(f"mfetch: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. mfetch --json ... | head -c 10: say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def entry() -> None:
+    """The console script: :func:`main`, then an exit that skips the interpreter's
+    teardown. Freeing every module and object took 30-45 ms of each run, from the
+    output's rename to the process's end, with nothing left to do (measured on
+    make bench's four-mirror case). What Python's own exit would still do first is
+    done here: threads are joined, logging and the standard streams flushed."""
+    code = main()
+    current = threading.current_thread()
+    for t in threading.enumerate():
+        if t is not current and not t.daemon:
+            t.join()
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # e.g. --json into a closed pipe: as Python's exit would say
+        code = code or 120
+    os._exit(code)
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -739,3 +740,22 @@ async def test_the_probes_connection_serves_the_first_request():
             async with http.get(url, {"Range": "bytes=0-99"}) as resp:
                 assert resp.status == 206 and await resp.read() == data[:100]
     assert len(script.requests) == 2 and script.connections == 1
+
+
+async def test_json_into_a_closed_pipe_ends_quietly(tmp_path):
+    # The file is fetched; the summary cannot be written: exit 1, no traceback.
+    from tests import procs
+
+    data = bytes(range(256)) * 64
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        async with scripted(range_server(data, mode="plain")) as (url, _):
+            p = await asyncio.create_subprocess_exec(
+                procs.command("mfetch"), url, "-o", str(tmp_path / "out"), "--json",
+                stdout=w, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(p.communicate(), 300)
+    finally:
+        os.close(w)
+    assert p.returncode == 1 and b"Traceback" not in err, err
+    assert (tmp_path / "out").read_bytes() == data
