@@ -61,7 +61,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from client.events import (
     Action,
@@ -94,8 +94,11 @@ NO_OWNER = -1
 log = logging.getLogger("mfetch.scheduler")
 
 
-@dataclass(frozen=True, slots=True)
-class SchedulerConfig:
+class SchedulerConfig(NamedTuple):
+    """The scheduler's settings. (NamedTuples here, and plain classes with slots for
+    the mutable state below, not dataclasses: defining those took ~7 ms of every
+    run's start-up.)"""
+
     initial_connections: int = 2
     max_connections_per_source: int = 6
     max_connections_per_host: int = 6  # over every source on one host (host:port)
@@ -192,57 +195,97 @@ class RateMeter:
         self.start, self.bytes = now, 0
 
 
-@dataclass(eq=False)
 class _Source:
-    id: int
-    max_connections: int
-    conns: set[int] = field(default_factory=set)
-    target: int = 0
-    failures: int = 0
-    in_a_row: int = 0
-    blocked_until: float = 0.0
-    dropped: str = ""  # why, once dropped
-    ranges: bool = True
-    bytes: int = 0
-    pieces: int = 0
-    adapt_at: float = 0.0
-    mark_at: float = 0.0  # the span being measured for _adapt started then,
-    mark_bytes: int = 0  # when the source had delivered this many bytes
-    rate_before_add: float = 0.0
-    saturated: bool = False
-    have: bytearray | None = None  # a partial holder's pieces (0/1 each); None: all
+    __slots__ = (
+        "adapt_at",
+        "blocked_until",
+        "bytes",
+        "conns",
+        "dropped",
+        "failures",
+        "have",
+        "id",
+        "in_a_row",
+        "mark_at",
+        "mark_bytes",
+        "max_connections",
+        "pieces",
+        "ranges",
+        "rate_before_add",
+        "saturated",
+        "target",
+    )
+
+    def __init__(self, id: int, max_connections: int) -> None:
+        self.id = id
+        self.max_connections = max_connections
+        self.conns: set[int] = set()
+        self.target = 0
+        self.failures = 0
+        self.in_a_row = 0
+        self.blocked_until = 0.0
+        self.dropped = ""  # why, once dropped
+        self.ranges = True
+        self.bytes = 0
+        self.pieces = 0
+        self.adapt_at = 0.0
+        self.mark_at = 0.0  # the span being measured for _adapt started then,
+        self.mark_bytes = 0  # when the source had delivered this many bytes
+        self.rate_before_add = 0.0
+        self.saturated = False
+        self.have: bytearray | None = None  # a partial holder's pieces (0/1 each); None: all
 
     def holds(self, piece: int) -> bool:
         return self.have is None or bool(self.have[piece])
 
 
-@dataclass(eq=False)
 class _Conn:
-    id: int
-    source: int
-    meter: RateMeter
-    request: int | None = None
-    last_count: int = 0  # pieces in its last request (slow start doubles it)
-    last_recent: float | None = None  # what its last request carried lately, at its end
+    __slots__ = ("id", "last_count", "last_recent", "meter", "request", "source")
+
+    def __init__(self, id: int, source: int, meter: RateMeter) -> None:
+        self.id = id
+        self.source = source
+        self.meter = meter
+        self.request: int | None = None
+        self.last_count = 0  # pieces in its last request (slow start doubles it)
+        self.last_recent: float | None = None  # what its last request carried lately
 
 
-@dataclass(eq=False)
 class _Request:
-    id: int
-    conn: int
-    source: int
-    first: int
-    end: int
-    buffered: bool
-    started: float
-    cursor: int  # first piece of [first, end) this request has not finished
-    got: int = 0  # bytes received
-    arrivals: int = 0  # how many times bytes arrived (got / arrivals: a typical chunk)
-    got_in_cursor: int = 0  # bytes received of the piece at `cursor`
-    last_byte: float | None = None
-    held: bool = False  # held back by the shell's rate limit: not stalled
-    # Two marks (time, got), at least a rate window apart: what it received lately.
-    marks: list[tuple[float, int]] = field(default_factory=list)
+    __slots__ = (
+        "arrivals",
+        "buffered",
+        "conn",
+        "cursor",
+        "end",
+        "first",
+        "got",
+        "got_in_cursor",
+        "held",
+        "id",
+        "last_byte",
+        "marks",
+        "source",
+        "started",
+    )
+
+    def __init__(self, id: int, conn: int, source: int, first: int, end: int,
+                 buffered: bool, started: float, cursor: int) -> None:
+        self.id = id
+        self.conn = conn
+        self.source = source
+        self.first = first
+        self.end = end
+        self.buffered = buffered
+        self.started = started
+        self.cursor = cursor  # first piece of [first, end) this request has not finished
+        self.got = 0  # bytes received
+        self.arrivals = 0  # how many times bytes arrived (got / arrivals: a typical chunk)
+        self.got_in_cursor = 0  # bytes received of the piece at `cursor`
+        self.last_byte: float | None = None
+        self.held = False  # held back by the shell's rate limit: not stalled
+        # Two marks (time, got), at least a rate window apart: what it received lately.
+        self.marks: list[tuple[float, int]] = []
 
     def recent_rate(self, now: float, window: float) -> float | None:
         """Bytes/s over the last one to two `window`s of this request alone; None
@@ -258,8 +301,7 @@ class _Request:
         return (self.got - got0) / (now - t0)
 
 
-@dataclass
-class SourceStats:
+class SourceStats(NamedTuple):
     """What one source did, for the summary."""
 
     bytes: int
