@@ -10,9 +10,10 @@ answers with actions, and never touches a socket, a file or the real clock
   rate, in whole pieces, and never more than that connection's fair share of
   what is left, so a slow source holds little at the end.
 - Connections per source start at ``initial_connections`` and grow one at a
-  time while each addition raises that source's throughput, up to
-  ``max_connections_per_source``, and never beyond ``max_connections_per_host``
-  over all the sources on one host (``hosts`` says which sources share one).
+  time while each addition raises that source's throughput (the bytes it
+  delivered over a span) by ``adapt_gain``, up to ``max_connections_per_source``,
+  and never beyond ``max_connections_per_host`` over all the sources on one host
+  (``hosts`` says which sources share one); an addition that did not is undone.
 - A source that answers "busy" (503/429 with Retry-After, e.g. an agent's
   per-client cap) keeps its work but loses a connection: its cap for this
   download drops below what it had. Only busy answers to a single connection
