@@ -14,6 +14,7 @@ the origins the user named. ``.netrc`` credentials are per host by nature.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import netrc
@@ -69,6 +70,7 @@ BASE_HEADERS = {"Accept-Encoding": "identity"}
 REDIRECTS = (301, 302, 303, 307, 308)
 SENSITIVE = ("authorization", "cookie", "proxy-authorization")
 PROXY_LOWAT = 256 * 1024  # most bytes to wait for on a proxied response (set_lowat)
+PROBE_BODY_TIMEOUT = 2.0  # a probe waits this long for its 1-byte body, to reuse its connection
 
 
 @dataclass(frozen=True)
@@ -521,9 +523,13 @@ async def probe(client: HttpClient, url: str) -> Probe:
 
 async def _finish_small(resp: Response) -> None:
     """Read a short body to its end, so that its connection goes back to the pool and
-    the download's first request to this source reuses it (no second handshake)."""
+    the download's first request to this source reuses it (no second handshake).
+    Best effort: the probe needs only the head, so a body that is cut short or slow
+    to come only costs that connection."""
     if resp.content_length is not None and resp.content_length <= 64 * 1024:
-        await resp.read()
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            async with asyncio.timeout(PROBE_BODY_TIMEOUT):
+                await resp.read()
 
 
 def check_range_response(resp: Response, start: int, end: int, size: int,

@@ -890,6 +890,10 @@ class Scheduler:
         of the CPU). A connection that did not buy ``adapt_gain`` is closed again.
         """
         if now < src.blocked_until or not src.ranges:
+            # A span counts only time the source could work: a backoff would make the
+            # connection added last look useless.
+            src.mark_at, src.mark_bytes = now, src.bytes
+            src.adapt_at = max(src.adapt_at, now + self.cfg.adapt_interval)
             return []
         src.target = min(src.target, self._limit(src))  # a stripe may have come since
         out = self._open_up_to_target(src)

@@ -417,7 +417,7 @@ class Connection(asyncio.BufferedProtocol):
             if set_rcvlowat(self.sock, value):
                 self._lowat = value
             else:
-                self.sock = None
+                self.sock, self._lowat = None, 1
 
     def close(self) -> None:
         if self.transport is not None:
@@ -431,7 +431,9 @@ class Connection(asyncio.BufferedProtocol):
         loop = asyncio.get_running_loop()
         fut = self._waiter = loop.create_future()
         if self._lowat > 1:
-            self._timer = loop.call_later(LOWAT_PATIENCE, self._impatient, fut)
+            patience = LOWAT_PATIENCE if self.read_timeout is None \
+                else min(LOWAT_PATIENCE, self.read_timeout)
+            self._timer = loop.call_later(patience, self._impatient, fut, patience)
         elif self.read_timeout is not None:
             self._timer = loop.call_later(self.read_timeout, _expire, fut)
         try:
@@ -442,15 +444,16 @@ class Connection(asyncio.BufferedProtocol):
                 self._timer.cancel()
                 self._timer = None
 
-    def _impatient(self, fut: asyncio.Future[None]) -> None:
+    def _impatient(self, fut: asyncio.Future[None], waited: float) -> None:
         """The wake-up mark was not reached in time: wake for any byte from now on
         (setting the mark makes the kernel report the socket readable at once if bytes
-        are waiting), and let the read timeout run its remaining course."""
+        are waiting, since Linux 4.18; before, at the next byte), and let the read
+        timeout run the rest of its course."""
         self.set_lowat(1)
         self._timer = None
         if self.read_timeout is not None:
             self._timer = asyncio.get_running_loop().call_later(
-                max(0.0, self.read_timeout - LOWAT_PATIENCE), _expire, fut)
+                max(0.0, self.read_timeout - waited), _expire, fut)
 
     def _wake(self) -> None:
         w = self._waiter

@@ -302,3 +302,31 @@ def test_an_idle_connection_keeps_its_rate() -> None:
     now[0] = 30.0
     assert before > 5 * MB and s.connection_rate(c.conn) == before
     assert s.source_rate(0) == 0  # but nothing is arriving: the display shows none
+
+
+def test_a_backoff_does_not_count_against_the_connection_added_last() -> None:
+    # Bytes flow at 2 MB/s on two connections, then 3 MB/s once a third is added; a
+    # failure in between blocks the source for a while, with no bytes. The span that
+    # judges the third connection starts after the backoff: it is kept.
+    s, now = _sched(pieces=4000, sources=1, initial_connections=2)
+    conns = [a.conn for a in _open_conns(s.start())]
+    reqs = [s.handle(ev.ConnectionIdle(c))[0].request for c in conns]
+
+    def flow(seconds: float, rate: float) -> list[ev.Action]:
+        out: list[ev.Action] = []
+        for _ in range(int(seconds / 0.05)):
+            now[0] += 0.05
+            s.handle(ev.BytesReceived(reqs[0], int(rate * 0.05)))
+            out += s.handle(ev.Tick())
+        return out
+
+    added = _open_conns(flow(1.0, 2e6))
+    assert len(added) == 1  # the first span's rate is the baseline; a third is tried
+    fault = ev.Fault(ev.FaultKind.TRANSIENT, "reset")
+    s.handle(ev.RequestEnded(reqs[1], fault))
+    assert s.sources[0].blocked_until > now[0]
+    while now[0] < s.sources[0].blocked_until:  # nothing arrives meanwhile
+        now[0] += 0.05
+        s.handle(ev.Tick())
+    flow(1.0, 3e6)
+    assert not s.sources[0].saturated and s.sources[0].target == 4

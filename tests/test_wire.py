@@ -759,3 +759,58 @@ async def test_json_into_a_closed_pipe_ends_quietly(tmp_path):
         os.close(w)
     assert p.returncode == 1 and b"Traceback" not in err, err
     assert (tmp_path / "out").read_bytes() == data
+
+
+@pytest.mark.parametrize("after_head", ["close", "silence"])
+async def test_a_probe_needs_only_the_head(after_head, monkeypatch):
+    # Reading the probe's byte is only to reuse its connection: a body cut short or
+    # slow to come costs that connection, not the source.
+    from client import http
+    from client.http import HttpClient, HttpOptions, probe
+
+    monkeypatch.setattr(http, "PROBE_BODY_TIMEOUT", 0.2)
+    gone = asyncio.Event()
+
+    async def head_only(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/1000\r\n"
+                     b"Content-Length: 1\r\n\r\n")
+        await writer.drain()
+        if after_head == "silence":
+            await gone.wait()
+
+    async with scripted(head_only) as (url, _):
+        async with HttpClient(HttpOptions(), connect_timeout=5, read_timeout=10,
+                              per_host=2) as http_client:
+            p = await asyncio.wait_for(probe(http_client, url), 5)
+        gone.set()
+    assert p.size == 1000 and p.ranges
+
+
+def test_the_exit_skips_no_thread_pool_shutdown():
+    # entry() ends like Python's exit: an idle thread pool nobody shut down must not
+    # keep the process waiting (its workers wait for the pools' exit hook).
+    import subprocess
+    import sys
+
+    code = ("import concurrent.futures as cf, client.cli as c\n"
+            "pool = cf.ThreadPoolExecutor(1); pool.submit(int).result()\n"
+            "c.main = lambda: 3\n"
+            "c.entry()\n")
+    r = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    assert r.returncode == 3, r.stderr
+
+
+async def test_a_read_timeout_shorter_than_the_patience_still_holds(monkeypatch):
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 5.0)
+    gone = asyncio.Event()
+    async with scripted(_trickle(b"", gone)) as (url, _):
+        c = client(read_timeout=0.2)
+        async with await c.get(url, []) as r:
+            r.set_lowat(512 * 1024)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await r.read_view()
+            assert time.monotonic() - t0 < 4  # the read timeout, not the patience
+        gone.set()
+        await c.close()
