@@ -610,7 +610,6 @@ class Fetcher:
                                         for i, s in enumerate(self.sources)))
 
 
-LOWAT = 1024 * 1024
 LOWAT_SECONDS = 0.2
 
 
@@ -620,15 +619,15 @@ def _low_water(left: int, rate: float) -> int:
     Over a slow or shaped link the kernel would report the socket readable for
     every few kilobytes, and each wake-up costs far more in Python than the
     bytes it carries. The mark is at most what is left of this response (the
-    tail can never get stuck below it), ~0.2 s of the connection's measured
-    rate, and 1 MiB (the connection clamps it to its buffer). A source that
+    tail can never get stuck below it) and ~0.2 s of the connection's measured
+    rate; the connection clamps it to its buffer (1 MiB at most). A source that
     slows down is still heard within wire.LOWAT_PATIENCE (the mark then drops);
     it goes back to 1 before the connection returns to the pool.
 
     Measured on `make bench`'s heterogeneous case (384 MiB, four mirrors), the
     process's CPU went from ~1.8 s with a 50 ms / 256 KiB mark to ~1.2 s.
     """
-    return max(1, min(LOWAT, left, int(rate * LOWAT_SECONDS)))
+    return max(1, min(left, int(rate * LOWAT_SECONDS)))
 
 
 def _hash_range(store: PartFile, h: hashlib._Hash, start: int, end: int) -> None:

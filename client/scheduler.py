@@ -198,7 +198,6 @@ class RateMeter:
 
 class _Source:
     __slots__ = (
-        "adapt_at",
         "blocked_until",
         "bytes",
         "conns",
@@ -229,8 +228,7 @@ class _Source:
         self.ranges = True
         self.bytes = 0
         self.pieces = 0
-        self.adapt_at = 0.0
-        self.mark_at = 0.0  # the span being measured for _adapt started then,
+        self.mark_at = 0.0  # the span _adapt measures (adapt_interval long) began then,
         self.mark_bytes = 0  # when the source had delivered this many bytes
         self.rate_before_add = 0.0
         self.saturated = False
@@ -387,7 +385,7 @@ class Scheduler:
         out: list[Action] = []
         for s in self.sources:
             s.target = self._initial_target(s)
-            s.adapt_at, s.mark_at = now + self.cfg.adapt_interval, now
+            s.mark_at = now
             out += self._open_up_to_target(s)
         return out
 
@@ -455,7 +453,6 @@ class Scheduler:
             return src.id, []
         src.target = self._initial_target(src)
         src.mark_at = self.clock()
-        src.adapt_at = src.mark_at + self.cfg.adapt_interval
         return src.id, self._open_up_to_target(src)
 
     def set_have(self, source: int, have: bytes | bytearray) -> None:
@@ -893,15 +890,14 @@ class Scheduler:
             # A span counts only time the source could work: a backoff would make the
             # connection added last look useless.
             src.mark_at, src.mark_bytes = now, src.bytes
-            src.adapt_at = max(src.adapt_at, now + self.cfg.adapt_interval)
             return []
         src.target = min(src.target, self._limit(src))  # a stripe may have come since
         out = self._open_up_to_target(src)
-        if now < src.adapt_at or src.saturated or src.target >= self._limit(src):
+        if now < src.mark_at + self.cfg.adapt_interval or src.saturated \
+                or src.target >= self._limit(src):
             return out
         if self._unclaimed_bytes() == 0:
             return out
-        src.adapt_at = now + self.cfg.adapt_interval
         rate = (src.bytes - src.mark_bytes) / max(now - src.mark_at, 1e-9)
         src.mark_at, src.mark_bytes = now, src.bytes
         if src.rate_before_add and rate < src.rate_before_add * self.cfg.adapt_gain:
