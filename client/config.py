@@ -5,6 +5,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
+from client.http1 import USER_AGENT
 from client.scheduler import SchedulerConfig
 from common.config import build, env_layer, load_yaml
 from common.ratelimit import TokenBucket, parse_rate
@@ -29,7 +30,7 @@ class ClientConfig(TrackerLinkSettings):
     connect_timeout: float = 5.0
     first_byte_timeout: float = 15.0
     max_failures: int = 5  # failures in a row before a source is dropped
-    user_agent: str = "mfetch/0.1"
+    user_agent: str = USER_AGENT
     proxy: str = ""  # http://, https://, socks4:// or socks5:// (environment proxies are ignored)
     cacert: str = ""  # a CA bundle to trust besides the system's
     # The agents' HTTP token, sent only to the agents the tracker names (client/http.py);

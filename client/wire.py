@@ -13,9 +13,10 @@ The protocol logic is pure and tested alone (as h11 does it, see
 ../shared/style.md): :func:`parse_head` parses a response head,
 :func:`framing` decides how its body ends (RFC 9112 §6.3), and
 :class:`ChunkedDecoder` decodes a chunked body from whatever slices of bytes it
-is fed. The I/O around them is :class:`Connection` (one socket, plain or TLS
-via asyncio's ssl) and :class:`WireClient` (keep-alive connections per origin,
-at most ``per_host`` in use at once, connect and read timeouts).
+is fed; a request's bytes come from client/http1.py. The I/O around them is
+:class:`Connection` (one socket, plain or TLS via asyncio's ssl) and
+:class:`WireClient` (keep-alive connections per origin, at most ``per_host`` in
+use at once, connect and read timeouts).
 
 Errors, all :class:`OSError` subclasses (so "try again later" for callers)::
 
@@ -41,7 +42,9 @@ import sys
 import termios
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
+
+from client.http1 import request_head
 
 BUFFER = 1024 * 1024  # the most each of a connection's two receive buffers holds
 MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
@@ -249,45 +252,6 @@ def _find_lf(view: memoryview, start: int) -> int:
     window = bytes(view[start:start + MAX_CHUNK_LINE + 2])
     j = window.find(b"\n")
     return -1 if j < 0 else start + j
-
-
-def request_head(url: str, headers: Iterable[tuple[str, str]], method: str = "GET") -> bytes:
-    """The bytes of `METHOD url` with `headers` (Host is added). Raises ValueError for a
-    header that could split the request (CR, LF or NUL), or a URL without a host."""
-    u = urlsplit(url)
-    if not u.hostname:
-        raise ValueError(f"{url}: no host")
-    name = u.hostname if u.hostname.isascii() else idna_host(u.hostname)
-    host = name if ":" not in name else f"[{name}]"
-    default = 443 if u.scheme == "https" else 80
-    if u.port is not None and u.port != default:
-        host = f"{host}:{u.port}"
-    # Percent-encode what may not appear in a request target, keeping what is already
-    # encoded (as yarl does for aiohttp).
-    target = quote(u.path or "/", safe="/%:@!$&'()*+,;=-._~")
-    if u.query:
-        target += "?" + quote(u.query, safe="/?%:@!$&'()*+,;=-._~")
-    headers = list(headers)
-    lines = [f"{method} {target} HTTP/1.1"]
-    if not any(k.lower() == "host" for k, _ in headers):  # -H 'Host: ...' wins, as in curl
-        lines.append(f"Host: {host}")
-    for k, v in headers:
-        if any(c in k or c in v for c in "\r\n\0") or not k:
-            raise ValueError(f"header {k!r} cannot be sent")
-        lines.append(f"{k}: {v}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def idna_host(name: str) -> str:
-    """A non-ASCII host name in ASCII: IDNA 2008 with UTS #46 mapping, as yarl (and so
-    aiohttp) and browsers do; Python's own "idna" codec is IDNA 2003, which maps some
-    names (faß.de) to another domain. Raises ValueError for a name IDNA refuses."""
-    import idna  # only for non-ASCII names (a dependency of yarl, so installed)
-
-    try:
-        return idna.encode(name, uts46=True).decode("ascii")
-    except idna.IDNAError as e:
-        raise ValueError(f"{name}: not a valid international host name ({e})") from None
 
 
 # ---- the I/O -----------------------------------------------------------------------

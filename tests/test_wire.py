@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trustme
 
-from client import wire
+from client import http1, wire
 from client.wire import BadResponse, ChunkedDecoder, framing, head_end, parse_head
 
 # ---- pure: head ----------------------------------------------------------------------
@@ -139,24 +139,24 @@ def test_chunked_decoder_refuses_malformed_bodies(body):
 
 
 def test_request_head_has_host_and_an_encoded_target():
-    raw = wire.request_head("http://example.org:8080/a b/%41?q=1 2", [("Range", "bytes=0-9")])
+    raw = http1.request_head("http://example.org:8080/a b/%41?q=1 2", [("Range", "bytes=0-9")])
     assert raw.startswith(b"GET /a%20b/%41?q=1%202 HTTP/1.1\r\nHost: example.org:8080\r\n")
     assert raw.endswith(b"Range: bytes=0-9\r\n\r\n")
-    assert b"Host: [::1]\r\n" in wire.request_head("http://[::1]:80/", [])
-    assert b"Host: h\r\n" in wire.request_head("https://h:443/", [])
+    assert b"Host: [::1]\r\n" in http1.request_head("http://[::1]:80/", [])
+    assert b"Host: h\r\n" in http1.request_head("https://h:443/", [])
 
 
 def test_request_head_takes_the_callers_host_and_encodes_idna():
-    raw = wire.request_head("http://h:81/", [("host", "other")])
+    raw = http1.request_head("http://h:81/", [("host", "other")])
     assert b"Host: h" not in raw and raw.count(b"host: other\r\n") == 1
-    assert b"Host: xn--bcher-kva.example\r\n" in wire.request_head("http://b\u00fccher.example/", [])
+    assert b"Host: xn--bcher-kva.example\r\n" in http1.request_head("http://b\u00fccher.example/", [])
     # IDNA 2008 (UTS #46), as yarl and browsers: not IDNA 2003's "fass.de".
-    assert b"Host: xn--fa-hia.de\r\n" in wire.request_head("http://fa\u00df.de/", [])
+    assert b"Host: xn--fa-hia.de\r\n" in http1.request_head("http://fa\u00df.de/", [])
 
 
 def test_request_head_refuses_a_header_that_would_split_the_request():
     with pytest.raises(ValueError):
-        wire.request_head("http://h/", [("X", "a\r\nInjected: 1")])
+        http1.request_head("http://h/", [("X", "a\r\nInjected: 1")])
 
 
 # ---- on loopback: scripted servers ------------------------------------------------------
@@ -795,7 +795,7 @@ def test_the_exit_skips_no_thread_pool_shutdown():
 
     code = ("import concurrent.futures as cf, client.cli as c\n"
             "pool = cf.ThreadPoolExecutor(1); pool.submit(int).result()\n"
-            "c.main = lambda: 3\n"
+            "c.main = lambda head=None: 3\n"
             "c.entry()\n")
     r = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
     assert r.returncode == 3, r.stderr
