@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import time
 from client import config as client_config
 from client import metalink
 from client.fetcher import Fetcher, Result, SourceReport, content_key
+from client.headstart import HeadStart
 from client.http import (
     TRANSIENT_ERRORS,
     HttpClient,
@@ -79,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log every source event")
+    p.add_argument("--no-head-start", action="store_true",
+                   help="send no request before start-up is over (by default the first "
+                        "requests to http:// mirrors go out while mfetch loads)")
     p.add_argument("--config", metavar="FILE",
                    help="YAML settings (default ~/.config/mfetch/config.yaml if present)")
     p.add_argument("--connections", type=int, metavar="N",
@@ -178,7 +183,17 @@ def _keep_buffers_in_heap() -> None:
     mallopt(m_trim_threshold, 32 * 1024 * 1024)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, head: HeadStart | None = None) -> int:
+    """Run mfetch with `argv` (default: the command line); `head`: the early requests
+    client/headstart.py sent for this same command line."""
+    try:
+        return _run(argv, head)
+    finally:
+        if head is not None:
+            head.close()
+
+
+def _run(argv: list[str] | None, head: HeadStart | None) -> int:
     args = parser().parse_args(argv)
     _keep_buffers_in_heap()
     logging.basicConfig(
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         format="mfetch: %(message)s", stream=sys.stderr)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(_main(args))
+        return asyncio.run(_main(args, head))
     except KeyboardInterrupt:
         print("mfetch: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -205,7 +220,7 @@ def _drop_stdout() -> None:
     os.close(devnull)
 
 
-def entry() -> None:
+def entry(head: HeadStart | None = None) -> None:
     """The console script: :func:`main`, then an exit that skips the interpreter's
     teardown. Freeing every module and object took 30-45 ms of each run, from the
     output's rename to the process's end, with nothing left to do (measured on
@@ -214,7 +229,7 @@ def entry() -> None:
     thread pools' exit hooks, then joins), logging and the standard streams are
     flushed. A summary its reader did not take (--json into a closed pipe) is
     status 1, whether it failed in print() or, buffered, here."""
-    code = main()
+    code = main(head=head)
     threading._shutdown()  # type: ignore[attr-defined]
     logging.shutdown()
     try:
@@ -227,7 +242,7 @@ def entry() -> None:
     os._exit(code)
 
 
-async def _main(args: argparse.Namespace) -> int:
+async def _main(args: argparse.Namespace, head: HeadStart | None = None) -> int:
     flags = {"tracker": args.tracker, "connections": args.connections,
              "max_connections_per_source": args.max_connections_per_source,
              "stall_timeout": args.stall_timeout, "agent_token_file": args.agent_token_file,
@@ -256,7 +271,7 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, task.cancel)
 
     opts = http_options(args, cfg, urls)
-    started = time.monotonic()
+    started = head.began if head else time.monotonic()
     try:
         async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
                               read_timeout=cfg.stall_timeout + 5,
@@ -268,7 +283,11 @@ async def _main(args: argparse.Namespace) -> int:
                 plan = await plan_from_metalink(http, meta, sha256)
             elif urls:
                 # Passwords stay in `opts`; messages and the summary show plain URLs.
-                plan = await plan_from_urls(http, [strip_userinfo(u) for u in urls], sha256)
+                early = None
+                if head is not None:
+                    early = functools.partial(head.probe, http, patience=cfg.connect_timeout)
+                plan = await plan_from_urls(http, [strip_userinfo(u) for u in urls], sha256,
+                                            early=early)
             else:
                 from common.tracker_client import TrackerClient  # grpc: only for a NAME
 
@@ -282,7 +301,8 @@ async def _main(args: argparse.Namespace) -> int:
                 result = await fetch_stream(plan, out, http, started,
                                             client_config.rate_limit(cfg))
             else:
-                result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started)
+                result = await fetch(plan, out, cfg, http, quiet=args.quiet, started=started,
+                                     head=head)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     if args.json:
@@ -374,7 +394,8 @@ def output_path(option: str | None, plan: Plan, force: bool) -> pathlib.Path:
 
 
 async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
-                http: HttpClient, *, quiet: bool, started: float) -> Result:
+                http: HttpClient, *, quiet: bool, started: float,
+                head: HeadStart | None = None) -> Result:
     store = PartFile(out, durable=cfg.sync)
     done, note = store.open(content_key(plan), plan.pieces)
     if note:
@@ -401,6 +422,12 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
     fetcher = Fetcher(plan, store, config=cfg.scheduler(), http=http, done=done,
                       on_progress=progress, limit=client_config.rate_limit(cfg),
                       rarest_first=bool(swarm and swarm.registered))
+    if head is not None:
+        for source, offset, data in head.pieces(plan):
+            used = fetcher.adopt(source, offset, data)
+            log.debug("head start: %s sent %d bytes during start-up, %d of them in whole "
+                      "pieces", plan.sources[source].url, len(data), used)
+        head.close()
     sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
     completed = False
     try:

@@ -311,6 +311,32 @@ class Fetcher:
         self.writer = _Writer()
         self.finalizing: set[int] = set()  # verified copies on their way to the disk
 
+    def adopt(self, source: int, offset: int, data: memoryview) -> int:
+        """Bytes of the file at `offset` that `source` sent before the fetch began (the
+        head start, client/headstart.py): the whole pieces among them are written and
+        count as that source's. Before run(), and only for a plan without piece hashes
+        (the pieces are checked as every piece of such a plan is: by the size and
+        range of their answer, and by the whole file's digest if one is given).
+        Returns how many bytes were used; raises StorageError."""
+        plan, store = self.plan, self.store
+        if plan.piece_hashes is not None:
+            return 0
+        ps = plan.piece_size
+        first = -(-offset // ps)
+        end = (offset + len(data)) // ps if offset + len(data) < plan.size else plan.pieces
+        used = 0
+        for piece in range(first, end):
+            if store.done[piece]:
+                continue
+            a = piece * ps
+            b = min(a + ps, plan.size)
+            store.pwrite(a, data[a - offset:b - offset])
+            store.mark_done(piece)
+            self.sched.credit(source, piece)
+            self.delivered_by[piece] = source
+            used += b - a
+        return used
+
     # ---- the loop ---------------------------------------------------------
 
     async def run(self) -> str:

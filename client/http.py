@@ -28,6 +28,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from client import wire
 from client.events import Fault, FaultKind
+from client.http1 import BASE_HEADERS, USER_AGENT, request_head
 from common.errors import ConfigError, ProtocolError, SourceError
 from common.http_ranges import parse_content_range
 from common.security import bearer
@@ -65,8 +66,6 @@ if TYPE_CHECKING:  # (a Protocol class costs ~1 ms to define at start-up)
 # OSErrors; aiohttp's are translated into them where they enter).
 TRANSIENT_ERRORS = (TimeoutError, OSError)
 
-USER_AGENT = "mfetch/0.1"
-BASE_HEADERS = {"Accept-Encoding": "identity"}
 REDIRECTS = (301, 302, 303, 307, 308)
 SENSITIVE = ("authorization", "cookie", "proxy-authorization")
 PROXY_LOWAT = 256 * 1024  # most bytes to wait for on a proxied response (set_lowat)
@@ -165,21 +164,8 @@ class HttpClient:
         URL that cannot be requested; network errors (TRANSIENT_ERRORS) pass through.
         """
         for hop in range(self.opts.max_redirects + 1):
-            plain, auth = self._credentials(url)
-            trusted = origin(url) in self.opts.trusted
-            extra = {k: v for k, v in self.opts.headers
-                     if trusted or k.lower() not in SENSITIVE}
-            if agent and hop == 0 and self.opts.agent_token:
-                auth = bearer(self.opts.agent_token)
-            if auth and not any(k.lower() == "authorization" for k in extra):
-                extra["Authorization"] = auth  # an explicit header wins, as in curl
-            send = _merge({"User-Agent": self.opts.user_agent}, BASE_HEADERS, extra,
-                          headers or {})
-            cookie = cookie_header(self._cookies, plain)
-            if cookie:
-                old = send.get("cookie")
-                send["cookie"] = ("Cookie", f"{old[1]}; {cookie}" if old else cookie)
-            resp = await self._send(plain, list(send.values()))
+            plain, send = self._outgoing(url, headers, agent=agent and hop == 0)
+            resp = await self._send(plain, send)
             location = resp.headers.get("Location")
             if resp.status in REDIRECTS and location:
                 resp.release()
@@ -193,6 +179,34 @@ class HttpClient:
                 resp.release()
             return
         raise SourceError(f"{url}: more than {self.opts.max_redirects} redirects")
+
+    def _outgoing(self, url: str, headers: Mapping[str, str] | None, *,
+                  agent: bool) -> tuple[str, list[tuple[str, str]]]:
+        """The URL without its user:password, and the header fields to send it with."""
+        plain, auth = self._credentials(url)
+        trusted = origin(url) in self.opts.trusted
+        extra = {k: v for k, v in self.opts.headers if trusted or k.lower() not in SENSITIVE}
+        if agent and self.opts.agent_token:
+            auth = bearer(self.opts.agent_token)
+        if auth and not any(k.lower() == "authorization" for k in extra):
+            extra["Authorization"] = auth  # an explicit header wins, as in curl
+        send = _merge({"User-Agent": self.opts.user_agent}, BASE_HEADERS, extra, headers or {})
+        cookie = cookie_header(self._cookies, plain)
+        if cookie:
+            old = send.get("cookie")
+            send["cookie"] = ("Cookie", f"{old[1]}; {cookie}" if old else cookie)
+        return plain, list(send.values())
+
+    def first_request(self, url: str, headers: Mapping[str, str]) -> bytes | None:
+        """The bytes that get(url, headers) sends first, or None if they go through
+        a proxy (client/headstart.py checks what it sent early against these)."""
+        if self._proxied is not None:
+            return None
+        plain, send = self._outgoing(url, headers, agent=False)
+        try:
+            return request_head(plain, send)
+        except ValueError:
+            return None
 
     async def _send(self, url: str, headers: list[tuple[str, str]]) -> Response:
         if self._proxied is not None:
@@ -496,29 +510,51 @@ async def probe(client: HttpClient, url: str) -> Probe:
     """
     try:
         async with client.get(url, {"Range": "bytes=0-0"}) as resp:
-            final = str(resp.url)
-            if resp.status == 206:
-                try:
-                    _, _, total = parse_content_range(resp.headers.get("Content-Range", ""))
-                except ValueError as e:
-                    raise ProtocolError(f"{url}: {e}") from None
-                if total is None:
-                    raise ProtocolError(f"{url}: does not say the file's size")
+            found = probe_answer(url, str(resp.url), resp.status, resp.reason, resp.headers,
+                                 resp.content_length)
+            if found.ranges:
                 await _finish_small(resp)
-                return Probe(final, total, validator_of(resp.headers), True)
-            if resp.status == 200:
-                length = resp.content_length
-                if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
-                    length = None  # the length of an encoded body is not the file's
-                return Probe(final, length, validator_of(resp.headers), False)
-            if resp.status == 416:  # an empty file has no byte 0 (RFC 9110 §14.4)
-                cr = resp.headers.get("Content-Range", "")
-                if cr.strip() == "bytes */0":
-                    await _finish_small(resp)
-                    return Probe(final, 0, validator_of(resp.headers), True)
-            raise SourceError(f"{url}: answered {resp.status} {resp.reason or ''}".rstrip())
+            return found
     except TRANSIENT_ERRORS as e:
         raise SourceError(f"{url}: {describe(e)}") from None
+
+
+def probe_answer(url: str, final: str, status: int, reason: str | None,
+                 headers: Mapping[str, str], content_length: int | None,
+                 first: int = 0) -> Probe:
+    """What the answer to ``Range: bytes=FIRST-...`` says about the file at `url`
+    (`final`: where redirects led). Raises SourceError (ProtocolError) when it
+    says nothing usable."""
+    if status == 206:
+        try:
+            _, _, total = parse_content_range(headers.get("Content-Range", ""))
+        except ValueError as e:
+            raise ProtocolError(f"{url}: {e}") from None
+        if total is None:
+            raise ProtocolError(f"{url}: does not say the file's size")
+        return Probe(final, total, validator_of(headers), True)
+    if status == 200:
+        length = content_length
+        if headers.get("Content-Encoding", "identity").lower() != "identity":
+            length = None  # the length of an encoded body is not the file's
+        return Probe(final, length, validator_of(headers), False)
+    if status == 416:
+        # Nothing from FIRST on: an empty file has no byte 0 (RFC 9110 §14.4); a
+        # head start's range may begin past the end of a short file.
+        total = _unsatisfied_size(headers.get("Content-Range", ""))
+        if total is not None and total <= first:
+            return Probe(final, total, validator_of(headers), True)
+    raise SourceError(f"{url}: answered {status} {reason or ''}".rstrip())
+
+
+def _unsatisfied_size(content_range: str) -> int | None:
+    """The size in a 416's ``Content-Range: bytes */SIZE``, or None."""
+    unit, _, size = content_range.strip().partition(" ")
+    digits = size[2:]
+    if unit != "bytes" or not size.startswith("*/") or not digits \
+            or digits.strip("0123456789"):
+        return None
+    return int(size[2:])
 
 
 async def _finish_small(resp: Response) -> None:

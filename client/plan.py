@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import posixpath
 import unicodedata
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -155,13 +156,21 @@ async def fetch_piece_list(client: HttpClient, content: Identity,
 
 
 async def plan_from_urls(client: HttpClient, urls: list[str], sha256: bytes | None,
-                         expected_size: int | None = None) -> Plan:
+                         expected_size: int | None = None,
+                         early: Callable[[str], Awaitable[Probe | None]] | None = None
+                         ) -> Plan:
     """Probe every URL; they must agree on the size. Unreachable ones are left out.
 
     With `expected_size` (from a metalink), mirrors of another size are left out.
+    `early(url)`: the probe an earlier answer makes (the head start's,
+    client/headstart.py), or None to probe as usual.
     Raises SourceError when none answers, ConfigError when they disagree on the size.
     """
-    results = await asyncio.gather(*(probe(client, u) for u in urls), return_exceptions=True)
+    async def ask(url: str) -> Probe:
+        found = await early(url) if early else None
+        return found if found is not None else await probe(client, url)
+
+    results = await asyncio.gather(*(ask(u) for u in urls), return_exceptions=True)
     probes: list[Probe] = []
     notes = []
     failures = []

@@ -385,7 +385,7 @@ class Scheduler:
         out: list[Action] = []
         for s in self.sources:
             s.target = self._initial_target(s)
-            s.mark_at = now
+            s.mark_at, s.mark_bytes = now, s.bytes
             out += self._open_up_to_target(s)
         return out
 
@@ -454,6 +454,20 @@ class Scheduler:
         src.target = self._initial_target(src)
         src.mark_at = self.clock()
         return src.id, self._open_up_to_target(src)
+
+    def credit(self, source: int, piece: int) -> None:
+        """`piece` came from `source` before the start (the head start,
+        client/headstart.py): done, and counted as that source's work."""
+        if self._started:
+            raise RuntimeError("credit() is for pieces that came before start()")
+        if self.done[piece]:
+            return
+        self.done[piece] = 1
+        self.left -= 1
+        self._unclaimed -= 1
+        src = self.sources[source]
+        src.pieces += 1
+        src.bytes += self._piece_bytes(piece)
 
     def set_have(self, source: int, have: bytes | bytearray) -> None:
         """A partial holder's latest bitfield (one byte per piece, 0/1). Ignored for a

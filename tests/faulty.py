@@ -36,6 +36,10 @@ from tests.servers import AppServer
 CHUNK = 64 * 1024
 
 
+_XOR_5A = bytes(i ^ 0x5A for i in range(256))  # translate tables: fast on big bodies
+_XOR_FF = bytes(i ^ 0xFF for i in range(256))
+
+
 class FaultyServer:
     def __init__(self, data: bytes, *, cut_after: int | None = None,
                  stall_after: int | None = None, trickle: float | None = None,
@@ -69,7 +73,7 @@ class FaultyServer:
     def _current(self) -> tuple[bytes, str]:
         data = self.data
         if self.change_after is not None and self.requests > self.change_after:
-            data = bytes(b ^ 0x5A for b in data)  # the file was replaced on the server
+            data = data.translate(_XOR_5A)  # the file was replaced on the server
         return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -95,7 +99,7 @@ class FaultyServer:
         start, end = span if span else (0, len(data))
         body = data[start:end]
         if self.lie:
-            body = bytes(b ^ 0xFF for b in body)
+            body = body.translate(_XOR_FF)
         if span:
             total = len(data) + (self.total_shift if self.requests > 1 else 0)
             headers["Content-Range"] = content_range(start + self.shift_range,

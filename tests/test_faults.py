@@ -78,7 +78,9 @@ def test_lying_mirror_with_known_digest_is_never_handed_over(tmp_path):
 
 
 def test_file_changed_on_the_server_is_never_spliced(tmp_path):
-    data = make_file(tmp_path / "d", 4 * MiB, seed=16)
+    # Bigger than the head start's span: after the early request (the first), the
+    # fetch needs two more at least, and the last of them finds a new file.
+    data = make_file(tmp_path / "d", 12 * MiB, seed=16)
     out = tmp_path / "out"
     with FaultyServer(data, change_after=2) as changing:
         r = mfetch(changing.url, "-o", str(out))
@@ -89,9 +91,10 @@ def test_file_changed_on_the_server_is_never_spliced(tmp_path):
 def test_file_changed_on_one_mirror_drops_it(tmp_path):
     data = make_file(tmp_path / "d", 4 * MiB, seed=17)
     # Replaced right after the probe: every range request it gets finds a new file.
+    # (With the head start, the probe would carry the whole file.)
     with FaultyServer(data, change_after=1) as changing, \
             FaultyServer(data, trickle=SLOW) as good:
-        s = fetch_ok(tmp_path, changing.url, good.url)
+        s = fetch_ok(tmp_path, changing.url, good.url, extra=("--no-head-start",))
     assert (tmp_path / "out").read_bytes() == data
     assert "changed" in by_url(s, changing.url)["dropped_reason"]
 
@@ -123,7 +126,9 @@ def test_repair_by_blame_finds_the_liar_and_fixes_its_pieces(tmp_path):
     data = make_file(tmp_path / "d", 4 * MiB, seed=21)
     with FaultyServer(data) as a, FaultyServer(data, lie=True) as liar, FaultyServer(data) as b:
         out = tmp_path / "out"
-        r = mfetch(a.url, liar.url, b.url, "-o", str(out), "--json",
+        # (With the head start, `a` would send the whole file before the liar a byte:
+        # test_headstart.py has the liar first.)
+        r = mfetch(a.url, liar.url, b.url, "-o", str(out), "--json", "--no-head-start",
                    "--sha256", hashlib.sha256(data).hexdigest())
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == data
@@ -225,7 +230,8 @@ def test_total_size_changing_between_answers_drops_the_source(tmp_path):
     data = make_file(tmp_path / "d", 2 * MiB, seed=27)
     with FaultyServer(data, total_shift=4096) as shifty, \
             FaultyServer(data, trickle=SLOW) as good:
-        s = fetch_ok(tmp_path, shifty.url, good.url)
+        # (With the head start, the first answer would carry the whole file.)
+        s = fetch_ok(tmp_path, shifty.url, good.url, extra=("--no-head-start",))
     assert (tmp_path / "out").read_bytes() == data
     bad = by_url(s, shifty.url)
     assert bad["dropped"] and "bytes" in bad["dropped_reason"] and bad["pieces"] == 0

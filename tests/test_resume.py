@@ -52,7 +52,7 @@ def test_disk_too_small_is_a_clear_error_before_any_download(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
     try:
         out = disk / "out"
-        argv = [_procs.command("mfetch"), "", "-o", str(out),
+        argv = [_procs.command("mfetch"), "", "-o", str(out), "--no-head-start",
                 "--sha256", hashlib.sha256(data).hexdigest()]
         with FaultyServer(data) as server:
             argv[1] = server.url

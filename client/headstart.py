@@ -1,0 +1,318 @@
+"""The head start: the first bytes flow while Python is still starting up.
+
+From exec to its first request mfetch spends ~0.2 s loading: the interpreter and
+site ~50 ms, asyncio ~95 ms, mfetch's own modules ~45 ms (measured on make
+bench's machine). Over four mirrors at 370 Mbit/s that is 9 MB not fetched, 2%
+of make bench's four-mirror case. So the console script, before it imports any
+of that, asks each mirror on the command line for a different span of the file
+(mirror i for bytes [i*SPAN, (i+1)*SPAN)), on a plain socket in a thread of its
+own, and the answers gather in memory while the rest loads. Then client/cli.py:
+
+- takes each answer's head as that mirror's probe (size, validator, ranges),
+  but only if the request sent is byte for byte the one the configured client
+  would have sent first (same headers, no proxy); otherwise the answer is
+  thrown away and the mirror is probed as usual;
+- hands the whole pieces among the body bytes received to the fetcher, as that
+  mirror's first pieces (client/fetcher.py ``Fetcher.adopt``), and closes the
+  connections: what was still on its way is dropped, at most a socket buffer's
+  worth.
+
+It starts only when nothing could make an early request wrong: every target a
+plain ``http://`` URL without credentials, only flags that change no request,
+no proxy, rate limit or user agent set in the environment or in the config file
+(which is only searched for those words here: YAML loads later). Anything
+unusual in an answer (a redirect, no byte ranges, a slow or broken server) just
+means that mirror is probed as usual, which reports it properly. `mfetch -v`
+says what the head start brought.
+
+This module imports nothing heavier than ``urllib.parse``, on purpose.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from client.http1 import BASE_HEADERS, USER_AGENT, request_head
+
+if TYPE_CHECKING:
+    from client.http import HttpClient, Probe
+    from client.plan import Plan
+
+SPAN = 8 * 1024 * 1024  # asked of each mirror: ~0.3 s at 200 Mbit/s, more than start-up
+MAX_HEAD = 64 * 1024  # room for the answer's head (client/wire.py refuses longer ones)
+MAX_MIRRORS = 16
+CONNECT_TIMEOUT = 2.0
+JOIN_TIMEOUT = 1.0
+
+# Flags that change no request (anything else, or a --flag=value form: no head start).
+_PLAIN_FLAGS = frozenset({"--json", "-q", "--quiet", "-v", "--verbose", "--force", "--sync"})
+_VALUE_FLAGS = frozenset({"-o", "--output", "--sha256", "--connections", "--max-connections",
+                          "--max-host-connections", "--stall-timeout"})
+# Settings that would change the early requests (or the rate they may take).
+_SETTINGS = ("proxy", "limit_rate", "user_agent")
+
+
+class Early:
+    """One mirror's early request and what has come back so far."""
+
+    __slots__ = (
+        "body_end",
+        "buf",
+        "ended",
+        "error",
+        "first",
+        "got",
+        "head_len",
+        "probe",
+        "request",
+        "sock",
+        "stopping",
+        "thread",
+        "url",
+    )
+
+    def __init__(self, url: str, first: int) -> None:
+        self.url = url
+        self.first = first  # the span asked for begins here
+        self.request = request_head(url, [("User-Agent", USER_AGENT), *BASE_HEADERS.items(),
+                                          ("Range", self.range)])
+        # Anonymous memory: pages cost RSS only once bytes land in them.
+        self.buf = mmap.mmap(-1, MAX_HEAD + SPAN)
+        self.got = 0  # bytes of the answer (head and body) in buf
+        self.sock: socket.socket | None = None
+        self.error: OSError | None = None
+        self.thread: threading.Thread | None = None
+        self.stopping = False
+        self.ended = False  # the thread is done reading (end of answer, error, or stop)
+        self.head_len = 0  # set by probe(): the head's length, when the answer is usable
+        self.body_end = 0  # ... and where its body ends in buf, when the body is usable too
+        self.probe: Probe | None = None
+
+    @property
+    def range(self) -> str:
+        return f"bytes={self.first}-{self.first + SPAN - 1}"
+
+
+class HeadStart:
+    """Early requests to some mirrors, each read by a thread until :meth:`stop`."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.began = time.monotonic()
+        self.early = [Early(u, i * SPAN) for i, u in enumerate(urls)]
+        self._lock = threading.Lock()
+        self._views: list[memoryview] = []  # handed out by pieces(), released by close()
+        self.stopped = False
+        for e in self.early:
+            e.thread = threading.Thread(target=self._fetch, args=(e,), daemon=True,
+                                        name="mfetch-headstart")
+            e.thread.start()
+
+    def _fetch(self, e: Early) -> None:
+        try:
+            self._read(e)
+        finally:
+            e.ended = True
+
+    def _read(self, e: Early) -> None:
+        u = urlsplit(e.url)
+        try:
+            sock = socket.create_connection((u.hostname, u.port or 80), CONNECT_TIMEOUT)
+        except OSError as err:
+            e.error = err
+            return
+        with self._lock:
+            if e.stopping:
+                sock.close()
+                return
+            e.sock = sock
+        view = memoryview(e.buf)
+        try:
+            sock.settimeout(None)  # stop() ends the wait (shutdown)
+            sock.sendall(e.request)
+            while e.got < len(view):
+                n = sock.recv_into(view[e.got:])
+                if not n:
+                    break
+                e.got += n
+        except OSError as err:
+            e.error = err
+        finally:
+            view.release()
+
+    def stop(self) -> None:
+        """Stop reading (the bytes received stay); a thread still connecting is left
+        to notice on its own."""
+        if self.stopped:
+            return
+        self.stopped = True
+        with self._lock:
+            for e in self.early:
+                e.stopping = True
+                if e.sock is not None:
+                    try:
+                        e.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+        for e in self.early:
+            if e.sock is not None and e.thread is not None:
+                e.thread.join(JOIN_TIMEOUT)
+                if e.thread.is_alive():  # cannot happen after a shutdown; never trust it
+                    e.head_len = e.body_end = 0
+
+    def close(self) -> None:
+        self.stop()
+        for view in self._views:
+            view.release()
+        for e in self.early:
+            if e.sock is not None:
+                e.sock.close()
+            if e.thread is None or not e.thread.is_alive():
+                e.buf.close()
+
+    # ---- after start-up (client/cli.py); heavy modules are loaded by now ----
+
+    async def probe(self, http: HttpClient, url: str, patience: float) -> Probe | None:
+        """The probe the early answer from `url` makes, or None (then probe as usual):
+        None if no early request went there, if it is not exactly what `http` would
+        have sent first, or if its answer is unusable or has not begun within
+        `patience` seconds. The body waits for :meth:`pieces`."""
+        import asyncio
+        import logging
+
+        from client import wire
+        from client.http import probe_answer
+        from common.errors import SourceError
+        from common.http_ranges import parse_content_range
+
+        e = next((e for e in self.early if e.url == url), None)
+        if e is None:
+            return None
+        end, why = -1, ""
+        if http.first_request(e.url, {"Range": e.range}) != e.request:
+            why = "the configured client sends another request"
+        else:
+            deadline = asyncio.get_running_loop().time() + patience
+            # Usually the head is in long before this runs; else it comes on the early
+            # connection sooner than on a new one.
+            while (end := wire.head_end(e.buf[:min(e.got, MAX_HEAD)])) < 0 and not e.ended \
+                    and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+            if end < 0:
+                why = f"no complete answer ({e.error or 'none'})"
+        if not why:
+            try:
+                head = wire.parse_head(e.buf[:end])
+                length = wire.framing(head).length
+                e.probe = probe_answer(e.url, e.url, head.status, head.reason, head.headers,
+                                       length, e.first)
+            except (wire.BadResponse, SourceError) as err:
+                why = str(err)
+        if why or e.probe is None:
+            logging.getLogger("mfetch").debug("head start: %s: not used (%s)", e.url, why)
+            return None
+        e.head_len = end
+        if head.status == 206 and length is not None:
+            try:
+                a, b, _ = parse_content_range(head.headers.get("Content-Range") or "")
+            except ValueError:
+                return e.probe
+            if a == e.first and b - a == length:
+                e.body_end = end + length
+        return e.probe
+
+    def pieces(self, plan: Plan) -> list[tuple[int, int, memoryview]]:
+        """Stop, and return what the mirrors in `plan` sent of the file: (source,
+        offset, bytes) per mirror, the bytes valid until :meth:`close`."""
+        self.stop()
+        urls = [s.url for s in plan.sources]
+        out = []
+        for e in self.early:
+            if e.body_end and e.url in urls and e.probe is not None \
+                    and e.probe.size == plan.size:
+                whole = memoryview(e.buf)
+                data = whole[e.head_len:min(e.got, e.body_end)]
+                self._views += [data, whole]
+                out.append((urls.index(e.url), e.first, data))
+        return out
+
+
+def begin(argv: Sequence[str], environ: Mapping[str, str]) -> HeadStart | None:
+    """Send the early requests if `argv` is a plain fetch of http:// mirrors (see the
+    module docstring), else None."""
+    urls = _mirrors(argv)
+    if not urls or any(environ.get(f"MFETCH_{s.upper()}") for s in _SETTINGS):
+        return None
+    if _config_mentions_settings(environ):
+        return None
+    return HeadStart(urls)
+
+
+def _mirrors(argv: Sequence[str]) -> list[str]:
+    """The http:// mirrors of a plain fetch, one per host:port, or [] if anything
+    else is asked."""
+    targets = []
+    args = iter(argv)
+    for a in args:
+        if a in _PLAIN_FLAGS:
+            continue
+        if a in _VALUE_FLAGS:
+            next(args, None)
+            continue
+        if a.startswith("-"):
+            return []
+        targets.append(a)
+    urls: list[str] = []
+    hosts: set[tuple[str, int]] = set()
+    for t in targets:
+        host = _plain_http(t)
+        if host is None:
+            return []
+        if host not in hosts and len(urls) < MAX_MIRRORS:
+            hosts.add(host)
+            urls.append(t)
+    return urls
+
+
+def _plain_http(url: str) -> tuple[str, int] | None:
+    """(host, port) of an http:// URL without credentials and with an ASCII host,
+    else None."""
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return None
+    try:
+        u = urlsplit(url)
+        port = u.port or 80
+    except ValueError:
+        return None
+    if u.scheme != "http" or not u.hostname or "@" in u.netloc:
+        return None
+    return u.hostname.lower(), port
+
+
+def _config_mentions_settings(environ: Mapping[str, str]) -> bool:
+    """Whether the config file (client/config.py finds it the same way) names a
+    setting in _SETTINGS: a word search, so at worst a false alarm, never a miss."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    try:
+        with open(os.path.join(base, "mfetch", "config.yaml"), "rb") as f:
+            text = f.read(1 << 20).lower()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cli reports it; no head start meanwhile
+    return any(s.encode() in text or s.replace("_", "-").encode() in text
+               for s in _SETTINGS)
+
+
+def entry() -> None:
+    """The mfetch console script: the head start, then everything else."""
+    head = begin(sys.argv[1:], os.environ)
+    from client import cli
+
+    cli.entry(head)

@@ -1,0 +1,193 @@
+"""The head start (client/headstart.py): early requests while mfetch starts up.
+
+Real HTTP servers on loopback (tests/faulty.py) and the real console script; the
+argument rules and the request bytes are checked directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from client import headstart
+from client.headstart import SPAN, HeadStart, begin
+from client.http import HttpClient, HttpOptions, probe_answer
+from client.scheduler import Scheduler
+from common.errors import SourceError
+from tests import procs as _procs
+from tests.faulty import FaultyServer
+from tests.test_system import make_file
+
+MiB = 1024 * 1024
+NO_CONFIG = {"XDG_CONFIG_HOME": "/nonexistent"}
+
+
+def mfetch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _procs.run([_procs.command("mfetch"), *args], timeout=120,
+                      env={**os.environ, **NO_CONFIG, **(env or {})})
+
+
+# ---- when it starts --------------------------------------------------------------
+
+
+def test_only_a_plain_fetch_of_http_mirrors_gets_a_head_start():
+    a, b = "http://a.example/f", "http://b.example:8080/f"
+    mirrors = headstart._mirrors
+    assert mirrors([a, b, "-o", "out", "--json", "-q", "--sha256", "ab" * 32]) == [a, b]
+    assert mirrors(["-v", a, "--force", "--sync", "--connections", "4"]) == [a]
+    assert mirrors([a, "http://a.example/other"]) == [a]  # one per host:port
+    assert mirrors([a, "--output=out"]) == []  # a form it does not parse: none
+    for flag in ("-H", "--proxy", "-x", "--limit-rate", "--config", "--background",
+                 "--no-head-start", "-u", "-b", "--tracker"):
+        assert mirrors([a, flag, "v"]) == [], flag
+    assert mirrors(["https://a.example/f"]) == []
+    assert mirrors(["http://user:pw@a.example/f"]) == []
+    assert mirrors(["name.iso"]) == []  # a NAME for the tracker
+    assert mirrors(["http://a.example:99999/f"]) == []
+    assert mirrors([a, "ftp://b.example/f"]) == []
+    many = [f"http://h{i}.example/f" for i in range(40)]
+    assert mirrors(many) == many[:headstart.MAX_MIRRORS]
+
+
+def test_settings_that_change_requests_turn_it_off(tmp_path):
+    url = "http://127.0.0.1:9/f"  # nothing listens: begin() only has to decide
+    for name in ("MFETCH_PROXY", "MFETCH_LIMIT_RATE", "MFETCH_USER_AGENT"):
+        assert begin([url], {**NO_CONFIG, name: "x"}) is None, name
+    (tmp_path / "mfetch").mkdir()
+    config = tmp_path / "mfetch" / "config.yaml"
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    for text in ("proxy: http://p:3128\n", "limit_rate: 1M\n", "User_Agent: x\n"):
+        config.write_text(text)
+        assert begin([url], env) is None, text
+    config.write_text("tracker: t.example:7700\n")
+    head = begin([url], env)
+    assert head is not None
+    head.close()
+
+
+async def test_its_request_is_the_one_the_client_would_send_first():
+    head = HeadStart(["http://127.0.0.1:9/dir/a%20b?x=1"])
+    head.close()
+    early = head.early[0]
+    async with HttpClient(HttpOptions(), connect_timeout=5, read_timeout=5, per_host=2) as http:
+        assert http.first_request(early.url, {"Range": early.range}) == early.request
+    assert b"Range: bytes=0-%d\r\n" % (SPAN - 1) in early.request
+    async with HttpClient(HttpOptions(user_agent="other"), connect_timeout=5, read_timeout=5,
+                          per_host=2) as http:
+        assert http.first_request(early.url, {"Range": early.range}) != early.request
+
+
+def test_an_answer_past_the_end_still_gives_the_size():
+    h = {"Content-Range": "bytes */1000", "ETag": '"e"'}
+    p = probe_answer("u", "u", 416, "Range Not Satisfiable", h, 0, first=SPAN)
+    assert (p.size, p.validator, p.ranges) == (1000, '"e"', True)
+    with pytest.raises(SourceError):  # byte 0 of a 1000-byte file was asked for
+        probe_answer("u", "u", 416, "", h, 0, first=0)
+    with pytest.raises(SourceError):
+        probe_answer("u", "u", 416, "", {"Content-Range": "bytes */1e3"}, 0, first=SPAN)
+    assert probe_answer("u", "u", 416, "", {"Content-Range": "bytes */0"}, 0).size == 0
+
+
+def test_credited_pieces_count_as_the_sources_and_only_before_the_start():
+    s = Scheduler(4, 10, 35, 2, clock=lambda: 0.0)
+    s.credit(1, 0)
+    s.credit(1, 3)
+    s.credit(1, 3)  # once only
+    assert s.left == 2 and s.stats(1).pieces == 2 and s.stats(1).bytes == 15
+    s.start()
+    with pytest.raises(RuntimeError):
+        s.credit(0, 1)
+
+
+# ---- what it brings ----------------------------------------------------------------
+
+
+def test_each_mirror_is_asked_for_its_own_span_and_the_file_is_right(tmp_path):
+    data = make_file(tmp_path / "d", 2 * SPAN + 3 * MiB, seed=61)
+    out = tmp_path / "out"
+    with FaultyServer(data) as a, FaultyServer(data) as b:
+        r = mfetch(a.url, b.url, "-o", str(out), "--json", "-v")
+        first = [a.headers_seen[0].get("Range"), b.headers_seen[0].get("Range")]
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert first == [f"bytes=0-{SPAN - 1}", f"bytes={SPAN}-{2 * SPAN - 1}"]
+    assert f"head start: {a.url} sent" in r.stderr and f"head start: {b.url} sent" in r.stderr
+    s = json.loads(r.stdout)
+    assert sum(src["bytes"] for src in s["sources"]) >= len(data)
+    assert not list(tmp_path.glob("out.*"))
+
+
+def test_a_small_file_comes_whole_in_the_head_start(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB + 5, seed=62)
+    out = tmp_path / "out"
+    with FaultyServer(data) as a, FaultyServer(data) as b:
+        r = mfetch(a.url, b.url, "-o", str(out), "--json")
+        asked = (a.requests, b.requests)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    # b's span starts past the end: its 416 was its probe, and nothing more was asked.
+    assert asked == (1, 1)
+    assert [src["bytes"] for src in json.loads(r.stdout)["sources"]] == [len(data), 0]
+
+
+def test_without_it_the_first_request_is_the_probe(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB, seed=63)
+    with FaultyServer(data) as a:
+        r = mfetch(a.url, "-o", str(tmp_path / "out"), "--no-head-start")
+        first = a.headers_seen[0].get("Range")
+    assert r.returncode == 0, r.stderr
+    assert first == "bytes=0-0"
+
+
+def test_a_config_that_sets_the_user_agent_gets_no_head_start(tmp_path):
+    data = make_file(tmp_path / "d", 1 * MiB, seed=64)
+    (tmp_path / "cfg" / "mfetch").mkdir(parents=True)
+    (tmp_path / "cfg" / "mfetch" / "config.yaml").write_text("user_agent: special/1\n")
+    with FaultyServer(data) as a:
+        r = mfetch(a.url, "-o", str(tmp_path / "out"),
+                   env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+        seen = a.headers_seen
+    assert r.returncode == 0, r.stderr
+    assert all(h.get("User-Agent") == "special/1" for h in seen)
+    assert seen[0].get("Range") == "bytes=0-0"
+
+
+def test_a_lying_mirror_that_came_first_is_found_and_its_pieces_fixed(tmp_path):
+    data = make_file(tmp_path / "d", 3 * MiB, seed=65)
+    out = tmp_path / "out"
+    with FaultyServer(data, lie=True) as liar, FaultyServer(data) as a, \
+            FaultyServer(data) as b:
+        r = mfetch(liar.url, a.url, b.url, "-o", str(out), "--json",
+                   "--sha256", hashlib.sha256(data).hexdigest())
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    s = json.loads(r.stdout)
+    assert "wrong bytes" in next(x for x in s["sources"] if x["url"] == liar.url)["dropped_reason"]
+
+
+def test_a_redirect_or_a_dead_mirror_is_probed_as_usual(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=66)
+    out = tmp_path / "out"
+    with FaultyServer(data) as gone:
+        dead = gone.url
+    with FaultyServer(data) as real, FaultyServer(data, redirect_to=real.url) as hop:
+        r = mfetch(hop.url, dead, "-o", str(out), "--json", "-v")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert f"head start: {hop.url}: not used (" in r.stderr
+    assert f"head start: {dead}: not used (" in r.stderr
+    assert "leaving out" in r.stderr and dead in r.stderr
+
+
+def test_an_error_before_the_fetch_keeps_nothing(tmp_path):
+    data = make_file(tmp_path / "d", 2 * MiB, seed=67)
+    out = tmp_path / "out"
+    out.write_bytes(b"mine")
+    with FaultyServer(data) as a:
+        r = mfetch(a.url, "-o", str(out))
+    assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out"]
