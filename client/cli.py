@@ -423,11 +423,11 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
                       on_progress=progress, limit=client_config.rate_limit(cfg),
                       rarest_first=bool(swarm and swarm.registered))
     if head is not None:
-        for source, offset, data in head.pieces(plan):
-            used = fetcher.adopt(source, offset, data)
+        for source, offset, data, early in head.pieces(plan):
+            used = fetcher.adopt(source, offset, data, early)
             log.debug("head start: %s sent %d bytes during start-up, %d of them in whole "
-                      "pieces", plan.sources[source].url, len(data), used)
-        head.close()
+                      "pieces; the rest of its answer goes on", plan.sources[source].url,
+                      len(data), used)
     sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
     completed = False
     try:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from client import events as ev
 from client.http import (
@@ -37,6 +37,10 @@ from client.storage import ContentKey, PartFile
 from common import bitfield
 from common.errors import IntegrityError, MfetchError, SourceError
 from common.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from client.headstart import Early
+    from client.http import Body
 
 log = logging.getLogger("mfetch")
 _T = TypeVar("_T")
@@ -310,11 +314,15 @@ class Fetcher:
         self._flushing: asyncio.Future[None] | None = None
         self.writer = _Writer()
         self.finalizing: set[int] = set()  # verified copies on their way to the disk
+        # Answers under way before the start (head start): source, pieces, the body.
+        self._adopted: list[tuple[int, int, int, Body]] = []
 
-    def adopt(self, source: int, offset: int, data: memoryview) -> int:
+    def adopt(self, source: int, offset: int, data: memoryview,
+              early: Early | None = None) -> int:
         """Bytes of the file at `offset` that `source` sent before the fetch began (the
         head start, client/headstart.py): the whole pieces among them are written and
-        count as that source's. Before run(), and only for a plan without piece hashes
+        count as that source's, and the rest of its answer (`early`) goes on as that
+        source's first request. Before run(), and only for a plan without piece hashes
         (the pieces are checked as every piece of such a plan is: by the size and
         range of their answer, and by the whole file's digest if one is given).
         Returns how many bytes were used; raises StorageError."""
@@ -335,6 +343,12 @@ class Fetcher:
             self.sched.credit(source, piece)
             self.delivered_by[piece] = source
             used += b - a
+        if early is not None:
+            # The answer goes on to the end of its span: its whole pieces from here.
+            last = plan.pieces if early.span_end >= plan.size else early.span_end // ps
+            rest = early.rest(end * ps) if end < last else None
+            if rest is not None:
+                self._adopted.append((source, end, last, rest))
         return used
 
     # ---- the loop ---------------------------------------------------------
@@ -351,6 +365,12 @@ class Fetcher:
         digest = asyncio.create_task(self._hash_in_order()) if self.plan.sha256 else None
         ticker = asyncio.create_task(self._tick())
         try:
+            for source, first, end, body in self._adopted:
+                f = self.sched.adopt(source, first, end)
+                self.sources[source].ranges_seen = True
+                self.workers[f.conn] = asyncio.create_task(
+                    self._worker(f.conn, source, (f, body)))
+            self._adopted.clear()
             self._execute(self.sched.start())
             failure = await self.outcome
         except BaseException:
@@ -457,7 +477,12 @@ class Fetcher:
                 case ev.Fetch() | ev.Wait() | ev.CloseConnection() | ev.Truncate():
                     pass  # handled by the worker that asked, or read through request_end
 
-    async def _worker(self, conn: int, source: int) -> None:
+    async def _worker(self, conn: int, source: int,
+                      first: tuple[ev.Fetch, Body] | None = None) -> None:
+        """Connection `conn`'s loop: ask for work, do it, until told to close.
+        `first`: a request under way already, and its answer (see adopt)."""
+        if first is not None:
+            await self._carry_out(*first)
         while True:
             actions = self.sched.handle(ev.ConnectionIdle(conn))
             mine = next((a for a in actions if getattr(a, "conn", None) == conn
@@ -466,12 +491,7 @@ class Fetcher:
             if isinstance(mine, ev.Fetch):
                 log.debug("%.3f conn %d fetches pieces %d-%d%s", time.monotonic() - self.started,
                           conn, mine.first, mine.end - 1, " (duplicate)" if mine.buffered else "")
-                task = asyncio.create_task(self._request(mine))
-                self.running[mine.request] = task
-                await asyncio.wait([task])
-                self.running.pop(mine.request, None)
-                if task.cancelled():
-                    self.emit(ev.RequestEnded(mine.request, None))
+                await self._carry_out(mine)
             elif isinstance(mine, ev.Wait):
                 self.changed.clear()
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
@@ -483,9 +503,17 @@ class Fetcher:
                 self.workers.pop(conn, None)
                 return
 
-    async def _request(self, f: ev.Fetch) -> None:
+    async def _carry_out(self, f: ev.Fetch, answer: Body | None = None) -> None:
+        task = asyncio.create_task(self._request(f, answer))
+        self.running[f.request] = task
+        await asyncio.wait([task])
+        self.running.pop(f.request, None)
+        if task.cancelled():
+            self.emit(ev.RequestEnded(f.request, None))
+
+    async def _request(self, f: ev.Fetch, answer: Body | None = None) -> None:
         try:
-            fault = await self._fetch_range(f)
+            fault = await self._fetch_range(f, answer)
         except SourceError as e:  # e.g. a redirect loop: this source is no good
             fault = ev.Fault(ev.FaultKind.FATAL, str(e))
         except MfetchError as e:  # the local disk: the whole download stops
@@ -497,11 +525,19 @@ class Fetcher:
                       fault.message)
         self.emit(ev.RequestEnded(f.request, fault))
 
-    async def _fetch_range(self, f: ev.Fetch) -> ev.Fault | None:
+    async def _fetch_range(self, f: ev.Fetch, answer: Body | None = None) -> ev.Fault | None:
+        """Fetch `f`'s pieces; `answer`: its answer under way already, checked (see adopt)."""
         plan, src = self.plan, self.sources[f.source]
         start = f.first * plan.piece_size
         end = min(f.end * plan.piece_size, plan.size)
         ranged = self.sched.sources[f.source].ranges
+        if answer is not None:
+            try:
+                return await self._stream(f, answer, 0)
+            except TRANSIENT_ERRORS as e:
+                return ev.Fault(ev.FaultKind.TRANSIENT, describe(e))
+            finally:
+                answer.release()
         headers = {}
         if ranged:
             headers["Range"] = f"bytes={start}-{end - 1}"
@@ -530,30 +566,34 @@ class Fetcher:
                                     f"now says the file has {resp.content_length} bytes")
                 elif changed(src.validator, resp.headers):
                     return ev.Fault(ev.FaultKind.FATAL, "the file changed on the server")
-                sink = PieceSink(self, f, skip=0 if ranged else start)
-                length = resp.content_length
-                try:
-                    while True:
-                        if length is not None:
-                            resp.set_lowat(_low_water(length - resp.received,
-                                                      self.sched.connection_rate(f.conn)))
-                        chunk = await resp.read_view()
-                        if chunk is None:
-                            break
-                        if self.limit is not None:
-                            if not await self._feed_limited(sink, f.request, chunk):
-                                break
-                        elif not await sink.feed(chunk, behind=not resp.waited):
-                            break
-                finally:
-                    resp.set_lowat(1)
-                if not sink.complete:
-                    return ev.Fault(ev.FaultKind.TRANSIENT, "the response ended early")
-                return None
+                return await self._stream(f, resp, 0 if ranged else start)
         except MfetchError:
             raise
         except TRANSIENT_ERRORS as e:
             return ev.Fault(ev.FaultKind.TRANSIENT, describe(e))
+
+    async def _stream(self, f: ev.Fetch, resp: Body, skip: int) -> ev.Fault | None:
+        """Feed `resp`'s body to `f`'s pieces (after `skip` bytes that come before them)."""
+        sink = PieceSink(self, f, skip=skip)
+        length = resp.content_length
+        try:
+            while True:
+                if length is not None:
+                    resp.set_lowat(_low_water(length - resp.received,
+                                              self.sched.connection_rate(f.conn)))
+                chunk = await resp.read_view()
+                if chunk is None:
+                    break
+                if self.limit is not None:
+                    if not await self._feed_limited(sink, f.request, chunk):
+                        break
+                elif not await sink.feed(chunk, behind=not resp.waited):
+                    break
+        finally:
+            resp.set_lowat(1)
+        if not sink.complete:
+            return ev.Fault(ev.FaultKind.TRANSIENT, "the response ended early")
+        return None
 
     async def _feed_limited(self, sink: PieceSink, request: int, chunk: memoryview) -> bool:
         """sink.feed(chunk), in slices paced by the shared bucket. While a slice

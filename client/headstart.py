@@ -29,19 +29,20 @@ This module imports nothing heavier than ``urllib.parse``, on purpose.
 """
 from __future__ import annotations
 
+import _socket  # not socket: it imports selectors and enum, 16 ms before any request
 import mmap
 import os
-import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from client.http1 import BASE_HEADERS, USER_AGENT, request_head
 
+TYPE_CHECKING = False  # not typing's: importing typing costs 10 ms here
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from client.http import HttpClient, Probe
     from client.plan import Plan
 
@@ -49,6 +50,7 @@ SPAN = 8 * 1024 * 1024  # asked of each mirror: ~0.3 s at 200 Mbit/s, more than 
 MAX_HEAD = 64 * 1024  # room for the answer's head (client/wire.py refuses longer ones)
 MAX_MIRRORS = 16
 CONNECT_TIMEOUT = 2.0
+POLL = 0.01  # how often a reading thread looks whether it is to stop
 JOIN_TIMEOUT = 1.0
 
 # Flags that change no request (anything else, or a --flag=value form: no head start).
@@ -86,7 +88,7 @@ class Early:
         # Anonymous memory: pages cost RSS only once bytes land in them.
         self.buf = mmap.mmap(-1, MAX_HEAD + SPAN)
         self.got = 0  # bytes of the answer (head and body) in buf
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.error: OSError | None = None
         self.thread: threading.Thread | None = None
         self.stopping = False
@@ -98,6 +100,20 @@ class Early:
     @property
     def range(self) -> str:
         return f"bytes={self.first}-{self.first + SPAN - 1}"
+
+    @property
+    def span_end(self) -> int:
+        """Where in the file the answer's body ends (with probe(), once usable)."""
+        return self.first + self.body_end - self.head_len
+
+    def rest(self, offset: int) -> EarlyBody | None:
+        """The rest of this answer from file offset `offset` on, to read on the event
+        loop (after :meth:`HeadStart.stop`), or None if there is none to read."""
+        if not self.body_end or self.sock is None or self.error is not None \
+                or self.head_len + offset - self.first > min(self.got, self.body_end) \
+                or self.got >= self.body_end:
+            return None
+        return EarlyBody(self, offset)
 
 
 class HeadStart:
@@ -123,7 +139,7 @@ class HeadStart:
     def _read(self, e: Early) -> None:
         u = urlsplit(e.url)
         try:
-            sock = socket.create_connection((u.hostname, u.port or 80), CONNECT_TIMEOUT)
+            sock = _connect(u.hostname or "", u.port or 80)
         except OSError as err:
             e.error = err
             return
@@ -134,10 +150,15 @@ class HeadStart:
             e.sock = sock
         view = memoryview(e.buf)
         try:
-            sock.settimeout(None)  # stop() ends the wait (shutdown)
             sock.sendall(e.request)
-            while e.got < len(view):
-                n = sock.recv_into(view[e.got:])
+            # Woken every POLL to see whether stop() was called: the socket stays
+            # open, for the fetcher to read the rest of the answer.
+            sock.settimeout(POLL)
+            while e.got < len(view) and not e.stopping:
+                try:
+                    n = sock.recv_into(view[e.got:])
+                except TimeoutError:
+                    continue
                 if not n:
                     break
                 e.got += n
@@ -147,26 +168,22 @@ class HeadStart:
             view.release()
 
     def stop(self) -> None:
-        """Stop reading (the bytes received stay); a thread still connecting is left
-        to notice on its own."""
+        """Stop reading (what was received stays, and the connections stay open);
+        a thread still connecting is left to notice on its own."""
         if self.stopped:
             return
         self.stopped = True
         with self._lock:
             for e in self.early:
                 e.stopping = True
-                if e.sock is not None:
-                    try:
-                        e.sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
         for e in self.early:
             if e.sock is not None and e.thread is not None:
-                e.thread.join(JOIN_TIMEOUT)
-                if e.thread.is_alive():  # cannot happen after a shutdown; never trust it
+                e.thread.join(POLL + JOIN_TIMEOUT)
+                if e.thread.is_alive():  # cannot happen: it looks every POLL; never trust it
                     e.head_len = e.body_end = 0
 
     def close(self) -> None:
+        """Close what the fetcher did not take over."""
         self.stop()
         for view in self._views:
             view.release()
@@ -174,7 +191,10 @@ class HeadStart:
             if e.sock is not None:
                 e.sock.close()
             if e.thread is None or not e.thread.is_alive():
-                e.buf.close()
+                try:
+                    e.buf.close()
+                except BufferError:  # a view of a taken-over answer is still around
+                    pass
 
     # ---- after start-up (client/cli.py); heavy modules are loaded by now ----
 
@@ -227,9 +247,10 @@ class HeadStart:
                 e.body_end = end + length
         return e.probe
 
-    def pieces(self, plan: Plan) -> list[tuple[int, int, memoryview]]:
-        """Stop, and return what the mirrors in `plan` sent of the file: (source,
-        offset, bytes) per mirror, the bytes valid until :meth:`close`."""
+    def pieces(self, plan: Plan) -> list[tuple[int, int, memoryview, Early]]:
+        """Stop the threads, and return what the mirrors in `plan` sent of the file:
+        (source, offset, bytes, early) per mirror, the bytes valid until
+        :meth:`close`; ``early.rest()`` continues the answer."""
         self.stop()
         urls = [s.url for s in plan.sources]
         out = []
@@ -239,8 +260,85 @@ class HeadStart:
                 whole = memoryview(e.buf)
                 data = whole[e.head_len:min(e.got, e.body_end)]
                 self._views += [data, whole]
-                out.append((urls.index(e.url), e.first, data))
+                out.append((urls.index(e.url), e.first, data, e))
         return out
+
+
+class EarlyBody:
+    """The rest of an early answer, from file offset `offset` on, read on the event
+    loop: it reads like client/http.py's Response, as client/fetcher.py streams
+    one. The bytes already received come first. Owns the connection from now on."""
+
+    def __init__(self, e: Early, offset: int) -> None:
+        import socket
+
+        assert e.sock is not None and e.thread is not None and not e.thread.is_alive()
+        self.e = e
+        self.sock = socket.socket(fileno=e.sock.detach())
+        self.sock.setblocking(False)
+        e.sock = None
+        self.pos = e.head_len + offset - e.first  # where the next bytes to hand out are
+        self.end = e.body_end
+        self.content_length: int | None = self.end - self.pos
+        self.received = 0
+        self.waited = False
+        self._lowat = 1
+
+    async def read_view(self) -> memoryview | None:
+        import asyncio
+
+        from client import wire
+
+        e = self.e
+        if self.pos >= self.end:
+            return None
+        self.waited = e.got <= self.pos
+        if self.waited:
+            loop = asyncio.get_running_loop()
+            with memoryview(e.buf) as whole:
+                room = whole[e.got:self.end]
+                try:
+                    # As wire.Connection does: a mark not reached soon drops to one byte.
+                    async with asyncio.timeout(wire.LOWAT_PATIENCE if self._lowat > 1 else None):
+                        n = await loop.sock_recv_into(self.sock, room)
+                except TimeoutError:
+                    self.set_lowat(1)
+                    n = await loop.sock_recv_into(self.sock, room)
+            if not n:
+                return None
+            e.got += n
+        view = memoryview(e.buf)[self.pos:min(e.got, self.end)]
+        self.pos += len(view)
+        self.received += len(view)
+        return view
+
+    def set_lowat(self, value: int) -> None:
+        """Wake up only once `value` bytes are readable (see client/fetcher.py), or
+        after wire.LOWAT_PATIENCE with whatever came."""
+        from client import wire
+
+        value = min(value, wire.BUFFER)
+        if value != self._lowat and wire.set_rcvlowat(self.sock, value):
+            self._lowat = value
+
+    def release(self) -> None:
+        self.sock.close()
+
+
+def _connect(host: str, port: int) -> _socket.socket:
+    """A connected TCP socket (blocking): socket.create_connection, with _socket."""
+    error: OSError = OSError(f"{host}: no address")
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0,
+                                                                _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT)
+            sock.connect(address)
+            return sock
+        except OSError as err:
+            error = err
+            sock.close()
+    raise error
 
 
 def begin(argv: Sequence[str], environ: Mapping[str, str]) -> HeadStart | None:

@@ -38,28 +38,33 @@ if TYPE_CHECKING:  # (a Protocol class costs ~1 ms to define at start-up)
 
     import aiohttp
 
-    class Response(Protocol):
-        """What every caller reads of a response (wire's, or aiohttp's behind a proxy)."""
+    class Body(Protocol):
+        """What the fetcher streams pieces from: a response's body (or the rest of a
+        head start's answer, client/headstart.py)."""
 
-        url: str
-        status: int
-        reason: str | None
         content_length: int | None
         received: int  # body bytes read so far
         waited: bool  # the last read_view() had to wait for the network (not behind it)
 
-        @property
-        def headers(self) -> Mapping[str, str]: ...
-
         async def read_view(self) -> memoryview | None:
             """The next part of the body (valid until the next call), None at its end."""
-
-        async def read(self, n: int = -1) -> bytes: ...
 
         def set_lowat(self, value: int) -> None:
             """Wake the reader only once `value` bytes are readable (plain TCP only)."""
 
         def release(self) -> None: ...
+
+    class Response(Body, Protocol):
+        """What every caller reads of a response (wire's, or aiohttp's behind a proxy)."""
+
+        url: str
+        status: int
+        reason: str | None
+
+        @property
+        def headers(self) -> Mapping[str, str]: ...
+
+        async def read(self, n: int = -1) -> bytes: ...
 
 
 # Errors that mean "try again later", not "this source is wrong" (wire's errors are

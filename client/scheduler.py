@@ -469,6 +469,17 @@ class Scheduler:
         src.pieces += 1
         src.bytes += self._piece_bytes(piece)
 
+    def adopt(self, source: int, first: int, end: int) -> Fetch:
+        """A request under way before the start (the rest of a head start's answer,
+        client/headstart.py): a connection of `source` already streaming pieces
+        [first, end). The shell carries out the Fetch returned as any other; the
+        connection counts toward the source's initial connections."""
+        if self._started:
+            raise RuntimeError("adopt() is for requests made before start()")
+        conn = self._new_conn(self.sources[source])
+        conn.last_count = end - first
+        return self._fetch(conn, first, end, buffered=False)
+
     def set_have(self, source: int, have: bytes | bytearray) -> None:
         """A partial holder's latest bitfield (one byte per piece, 0/1). Ignored for a
         full holder. Its connections find the new pieces when they next ask for work."""
@@ -993,13 +1004,16 @@ class Scheduler:
         out: list[Action] = []
         while not src.dropped and len(src.conns) < src.target \
                 and self._host_connections(src) < self.cfg.max_connections_per_host:
-            cid = self._new_id()
-            meter = RateMeter(self.cfg.rate_window, self.clock())
-            meter.stop(self.clock())  # it runs while a request is in flight
-            self.conns[cid] = _Conn(cid, src.id, meter)
-            src.conns.add(cid)
-            out.append(OpenConnection(cid, src.id))
+            out.append(OpenConnection(self._new_conn(src).id, src.id))
         return out
+
+    def _new_conn(self, src: _Source) -> _Conn:
+        cid = self._new_id()
+        meter = RateMeter(self.cfg.rate_window, self.clock())
+        meter.stop(self.clock())  # it runs while a request is in flight
+        conn = self.conns[cid] = _Conn(cid, src.id, meter)
+        src.conns.add(cid)
+        return conn
 
     def _conn_rate(self, conn: _Conn, now: float) -> float:
         rate = conn.meter.value(now)

@@ -191,3 +191,19 @@ def test_an_error_before_the_fetch_keeps_nothing(tmp_path):
     assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
     assert out.read_bytes() == b"mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out"]
+
+
+def test_the_rest_of_an_early_answer_goes_on_as_the_first_request(tmp_path):
+    # A mirror slow enough that start-up ends mid-span: the early connection carries
+    # on with the rest of its span instead of the span being asked for again.
+    data = make_file(tmp_path / "d", 6 * MiB, seed=68)
+    out = tmp_path / "out"
+    with FaultyServer(data, trickle=6 * MiB) as slow:
+        r = mfetch(slow.url, "-o", str(out), "--json", "-v", "--connections", "1",
+                   "--max-connections", "1")
+        asked, sent = slow.requests, slow.sent
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert "the rest of its answer goes on" in r.stderr
+    assert (asked, sent) == (1, len(data))
+    assert json.loads(r.stdout)["sources"][0]["bytes"] == len(data)
