@@ -13,14 +13,15 @@ own, and the answers gather in memory while the rest loads. Then client/cli.py:
   would have sent first (same headers, no proxy); otherwise the answer is
   thrown away and the mirror is probed as usual;
 - hands the whole pieces among the body bytes received to the fetcher, as that
-  mirror's first pieces (client/fetcher.py ``Fetcher.adopt``), and closes the
-  connections: what was still on its way is dropped, at most a socket buffer's
-  worth.
+  mirror's first pieces (client/fetcher.py ``Fetcher.adopt``), and the rest of
+  the answer, still coming on the same connection, as that mirror's first
+  request (:class:`EarlyBody`, read on the event loop from then on).
 
 It starts only when nothing could make an early request wrong: every target a
 plain ``http://`` URL without credentials, only flags that change no request,
 no proxy, rate limit or user agent set in the environment or in the config file
-(which is only searched for those words here: YAML loads later). Anything
+(which is only searched for those words here: YAML loads later), and no control
+file of an earlier run in the output's folder (a resume has pieces already). Anything
 unusual in an answer (a redirect, no byte ranges, a slow or broken server) just
 means that mirror is probed as usual, which reports it properly. `mfetch -v`
 says what the head start brought.
@@ -30,6 +31,7 @@ This module imports nothing heavier than ``urllib.parse``, on purpose.
 from __future__ import annotations
 
 import _socket  # not socket: it imports selectors and enum, 16 ms before any request
+import itertools
 import mmap
 import os
 import sys
@@ -295,15 +297,17 @@ class EarlyBody:
         self.waited = e.got <= self.pos
         if self.waited:
             loop = asyncio.get_running_loop()
-            with memoryview(e.buf) as whole:
-                room = whole[e.got:self.end]
-                try:
-                    # As wire.Connection does: a mark not reached soon drops to one byte.
-                    async with asyncio.timeout(wire.LOWAT_PATIENCE if self._lowat > 1 else None):
-                        n = await loop.sock_recv_into(self.sock, room)
-                except TimeoutError:
-                    self.set_lowat(1)
-                    n = await loop.sock_recv_into(self.sock, room)
+            # As wire.Connection does: a mark not reached soon drops to one byte, which
+            # wakes the wait up with what came. (Not a timeout around the receive: one
+            # that fires as bytes land would drop them.)
+            impatient = loop.call_later(wire.LOWAT_PATIENCE, self.set_lowat, 1) \
+                if self._lowat > 1 else None
+            try:
+                with memoryview(e.buf) as whole:
+                    n = await loop.sock_recv_into(self.sock, whole[e.got:self.end])
+            finally:
+                if impatient is not None:
+                    impatient.cancel()
             if not n:
                 return None
             e.got += n
@@ -347,9 +351,24 @@ def begin(argv: Sequence[str], environ: Mapping[str, str]) -> HeadStart | None:
     urls = _mirrors(argv)
     if not urls or any(environ.get(f"MFETCH_{s.upper()}") for s in _SETTINGS):
         return None
-    if _config_mentions_settings(environ):
+    if _config_mentions_settings(environ) or _resuming(argv):
         return None
     return HeadStart(urls)
+
+
+def _resuming(argv: Sequence[str]) -> bool:
+    """Whether a download to the same output may be resumed (its control file is
+    there): the early spans would fetch pieces it already has."""
+    out = None
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("-o", "--output"):
+            out = value
+    if out and not os.path.isdir(out):
+        return os.path.exists(out + ".mfetch")
+    try:
+        return any(name.endswith(".mfetch") for name in os.listdir(out or "."))
+    except OSError:
+        return False
 
 
 def _mirrors(argv: Sequence[str]) -> list[str]:

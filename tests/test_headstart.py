@@ -207,3 +207,99 @@ def test_the_rest_of_an_early_answer_goes_on_as_the_first_request(tmp_path):
     assert "the rest of its answer goes on" in r.stderr
     assert (asked, sent) == (1, len(data))
     assert json.loads(r.stdout)["sources"][0]["bytes"] == len(data)
+
+
+async def test_an_early_body_loses_no_byte_when_its_source_slows_down(monkeypatch):
+    # The rest of an early answer sleeps until a mark of bytes is waiting; a source that
+    # slows down is heard after the patience, and nothing is lost on the way.
+    import asyncio
+    import socket
+    import threading
+
+    from client import wire
+    from client.headstart import Early, EarlyBody
+
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.05)
+    ours, theirs = socket.socketpair()
+    e = Early("http://127.0.0.1:9/f", 0)
+    e.sock, e.thread = ours, threading.Thread(target=int)
+    e.thread.start()
+    e.thread.join()
+    body_len = 300_000
+    e.head_len, e.body_end = 0, body_len
+    body = EarlyBody(e, 0)
+    sent = bytes(range(256)) * (body_len // 256) + bytes(body_len % 256)
+
+    async def trickle() -> None:
+        for i in range(0, body_len, 37_000):  # bursts, each far below the mark, then quiet
+            theirs.sendall(sent[i:i + 37_000])
+            await asyncio.sleep(0.08)
+
+    writer = asyncio.create_task(trickle())
+    got = bytearray()
+    while True:
+        body.set_lowat(1 << 20)
+        view = await asyncio.wait_for(body.read_view(), 5)
+        if view is None:
+            break
+        got += view
+    await writer
+    body.release()
+    theirs.close()
+    assert bytes(got) == sent
+
+
+async def test_bytes_that_land_as_the_patience_runs_out_are_kept(monkeypatch):
+    # The loop finds the socket readable and the patience over in one turn (here: it
+    # was busy). A timeout around the receive would cancel a receive that had already
+    # taken those bytes out of the socket.
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    from client import wire
+    from client.headstart import Early, EarlyBody
+
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.05)
+    ours, theirs = socket.socketpair()
+    e = Early("http://127.0.0.1:9/f", 0)
+    e.sock, e.thread = ours, threading.Thread(target=int)
+    e.thread.start()
+    e.thread.join()
+    e.head_len, e.body_end = 0, 200_000
+    body = EarlyBody(e, 0)
+    sent = bytes(i * 7 & 0xFF for i in range(200_000))
+
+    def busy() -> None:
+        theirs.sendall(sent[:150_000])
+        time.sleep(0.1)  # past the patience, with the bytes waiting
+
+    asyncio.get_running_loop().call_later(0.02, busy)
+    body.set_lowat(100_000)
+    got = bytearray()
+    while len(got) < 150_000:
+        view = await asyncio.wait_for(body.read_view(), 5)
+        assert view is not None
+        got += view
+    theirs.sendall(sent[150_000:])
+    while (view := await asyncio.wait_for(body.read_view(), 5)) is not None:
+        got += view
+    body.release()
+    theirs.close()
+    assert bytes(got) == sent
+
+
+def test_no_head_start_when_a_download_may_resume(tmp_path, monkeypatch):
+    url = "http://127.0.0.1:9/f"
+    (tmp_path / "dl").mkdir()
+    (tmp_path / "out.mfetch").write_bytes(b"")
+    assert begin([url, "-o", str(tmp_path / "out")], NO_CONFIG) is None
+    (tmp_path / "dl" / "f.mfetch").write_bytes(b"")
+    assert begin([url, "-o", str(tmp_path / "dl")], NO_CONFIG) is None
+    monkeypatch.chdir(tmp_path / "dl")
+    assert begin([url], NO_CONFIG) is None
+    (tmp_path / "dl" / "f.mfetch").unlink()
+    head = begin([url], NO_CONFIG)
+    assert head is not None
+    head.close()
