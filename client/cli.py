@@ -428,6 +428,7 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
             log.debug("head start: %s sent %d bytes during start-up, %d of them in whole "
                       "pieces; the rest of its answer goes on", plan.sources[source].url,
                       len(data), used)
+        head.close()  # what was not taken over, and the memory of what was written
     sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
     completed = False
     try:

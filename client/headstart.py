@@ -67,6 +67,7 @@ class Early:
     """One mirror's early request and what has come back so far."""
 
     __slots__ = (
+        "adopted",
         "body_end",
         "buf",
         "ended",
@@ -98,6 +99,7 @@ class Early:
         self.head_len = 0  # set by probe(): the head's length, when the answer is usable
         self.body_end = 0  # ... and where its body ends in buf, when the body is usable too
         self.probe: Probe | None = None
+        self.adopted = False  # an EarlyBody reads the rest (and owns socket and buffer)
 
     @property
     def range(self) -> str:
@@ -185,18 +187,16 @@ class HeadStart:
                     e.head_len = e.body_end = 0
 
     def close(self) -> None:
-        """Close what the fetcher did not take over."""
+        """Close what the fetcher did not take over, and give back its memory (the
+        views :meth:`pieces` returned end here)."""
         self.stop()
         for view in self._views:
             view.release()
         for e in self.early:
             if e.sock is not None:
                 e.sock.close()
-            if e.thread is None or not e.thread.is_alive():
-                try:
-                    e.buf.close()
-                except BufferError:  # a view of a taken-over answer is still around
-                    pass
+            if not e.adopted and (e.thread is None or not e.thread.is_alive()):
+                e.buf.close()
 
     # ---- after start-up (client/cli.py); heavy modules are loaded by now ----
 
@@ -269,33 +269,44 @@ class HeadStart:
 class EarlyBody:
     """The rest of an early answer, from file offset `offset` on, read on the event
     loop: it reads like client/http.py's Response, as client/fetcher.py streams
-    one. The bytes already received come first. Owns the connection from now on."""
+    one. The bytes already received come first; then the early buffer is given
+    back and the rest is received into one of at most wire.BUFFER bytes. Owns the
+    connection from now on."""
 
     def __init__(self, e: Early, offset: int) -> None:
         import socket
 
         assert e.sock is not None and e.thread is not None and not e.thread.is_alive()
         self.e = e
+        e.adopted = True
         self.sock = socket.socket(fileno=e.sock.detach())
         self.sock.setblocking(False)
         e.sock = None
-        self.pos = e.head_len + offset - e.first  # where the next bytes to hand out are
-        self.end = e.body_end
-        self.content_length: int | None = self.end - self.pos
+        self.pos = e.head_len + offset - e.first  # the early bytes still to hand out
+        self.early_end = min(e.got, e.body_end)
+        self.left = e.span_end - offset  # body bytes still to hand out
+        self.content_length: int | None = self.left
         self.received = 0
         self.waited = False
         self._lowat = 1
+        self._early_view: memoryview | None = None
+        self._buf: bytearray | None = None
 
     async def read_view(self) -> memoryview | None:
         import asyncio
 
         from client import wire
 
-        e = self.e
-        if self.pos >= self.end:
+        if self.left <= 0:
             return None
-        self.waited = e.got <= self.pos
-        if self.waited:
+        if self.pos < self.early_end:
+            view = self._early_view = memoryview(self.e.buf)[self.pos:self.early_end]
+            self.pos = self.early_end
+            self.waited = False
+        else:
+            self._forget_early()
+            if self._buf is None:
+                self._buf = bytearray(min(wire.BUFFER, self.left))
             loop = asyncio.get_running_loop()
             # As wire.Connection does: a mark not reached soon drops to one byte, which
             # wakes the wait up with what came. (Not a timeout around the receive: one
@@ -303,16 +314,16 @@ class EarlyBody:
             impatient = loop.call_later(wire.LOWAT_PATIENCE, self.set_lowat, 1) \
                 if self._lowat > 1 else None
             try:
-                with memoryview(e.buf) as whole:
-                    n = await loop.sock_recv_into(self.sock, whole[e.got:self.end])
+                room = memoryview(self._buf)[:min(len(self._buf), self.left)]
+                n = await loop.sock_recv_into(self.sock, room)
             finally:
                 if impatient is not None:
                     impatient.cancel()
             if not n:
                 return None
-            e.got += n
-        view = memoryview(e.buf)[self.pos:min(e.got, self.end)]
-        self.pos += len(view)
+            view = room[:n]
+            self.waited = True
+        self.left -= len(view)
         self.received += len(view)
         return view
 
@@ -321,12 +332,24 @@ class EarlyBody:
         after wire.LOWAT_PATIENCE with whatever came."""
         from client import wire
 
-        value = min(value, wire.BUFFER)
+        value = min(value, wire.BUFFER, max(1, self.left))
         if value != self._lowat and wire.set_rcvlowat(self.sock, value):
             self._lowat = value
 
     def release(self) -> None:
         self.sock.close()
+        self._forget_early()
+
+    def _forget_early(self) -> None:
+        """The early bytes are handed out and used: give their memory back."""
+        if self._early_view is not None:
+            self._early_view.release()
+            self._early_view = None
+        if not self.e.buf.closed:
+            try:
+                self.e.buf.close()
+            except BufferError:  # a caller still holds a view: the memory goes with it
+                pass
 
 
 def _connect(host: str, port: int) -> _socket.socket:
