@@ -26,7 +26,7 @@ unusual in an answer (a redirect, no byte ranges, a slow or broken server) just
 means that mirror is probed as usual, which reports it properly. `mfetch -v`
 says what the head start brought.
 
-This module imports nothing heavier than ``urllib.parse``, on purpose.
+This module imports nothing heavier than ``threading``, on purpose.
 """
 from __future__ import annotations
 
@@ -37,9 +37,8 @@ import os
 import sys
 import threading
 import time
-from urllib.parse import urlsplit
 
-from client.http1 import BASE_HEADERS, USER_AGENT, request_head
+from client.http1 import BASE_HEADERS, USER_AGENT, request_head, split_plain
 
 TYPE_CHECKING = False  # not typing's: importing typing costs 10 ms here
 if TYPE_CHECKING:
@@ -141,9 +140,10 @@ class HeadStart:
             e.ended = True
 
     def _read(self, e: Early) -> None:
-        u = urlsplit(e.url)
+        plain = split_plain(e.url)
+        assert plain is not None  # see _mirrors
         try:
-            sock = _connect(u.hostname or "", u.port or 80)
+            sock = _connect(plain[1], plain[2])
         except OSError as err:
             e.error = err
             return
@@ -270,11 +270,13 @@ class EarlyBody:
     """The rest of an early answer, from file offset `offset` on, read on the event
     loop: it reads like client/http.py's Response, as client/fetcher.py streams
     one. The bytes already received come first; then the early buffer is given
-    back and the rest is received into one of at most wire.BUFFER bytes. Owns the
+    back and the rest is received into one of wire.MIN_BUFFER bytes. Owns the
     connection from now on."""
 
     def __init__(self, e: Early, offset: int) -> None:
         import socket
+
+        from client import wire
 
         assert e.sock is not None and e.thread is not None and not e.thread.is_alive()
         self.e = e
@@ -290,6 +292,8 @@ class EarlyBody:
         self.waited = False
         self._lowat = 1
         self._early_view: memoryview | None = None
+        # Outside wire's budget (client/wire.py), so the small size: one per mirror.
+        self._size = min(wire.MIN_BUFFER, max(1, self.left))
         self._buf: bytearray | None = None
 
     async def read_view(self) -> memoryview | None:
@@ -306,7 +310,7 @@ class EarlyBody:
         else:
             self._forget_early()
             if self._buf is None:
-                self._buf = bytearray(min(wire.BUFFER, self.left))
+                self._buf = bytearray(self._size)
             loop = asyncio.get_running_loop()
             # As wire.Connection does: a mark not reached soon drops to one byte, which
             # wakes the wait up with what came. (Not a timeout around the receive: one
@@ -332,7 +336,7 @@ class EarlyBody:
         after wire.LOWAT_PATIENCE with whatever came."""
         from client import wire
 
-        value = min(value, wire.BUFFER, max(1, self.left))
+        value = min(value, self._size, max(1, self.left))
         if value != self._lowat and wire.set_rcvlowat(self.sock, value):
             self._lowat = value
 
@@ -421,18 +425,12 @@ def _mirrors(argv: Sequence[str]) -> list[str]:
 
 
 def _plain_http(url: str) -> tuple[str, int] | None:
-    """(host, port) of an http:// URL without credentials and with an ASCII host,
-    else None."""
-    if not url.isascii() or not url.isprintable() or " " in url:
+    """(host, port) of a plain http:// URL (http1.split_plain: no credentials, a
+    lower-case ASCII host, nothing to quote), else None."""
+    plain = split_plain(url)
+    if plain is None or plain[0] != "http":
         return None
-    try:
-        u = urlsplit(url)
-        port = u.port or 80
-    except ValueError:
-        return None
-    if u.scheme != "http" or not u.hostname or "@" in u.netloc:
-        return None
-    return u.hostname.lower(), port
+    return plain[1], plain[2]
 
 
 def _config_mentions_settings(environ: Mapping[str, str]) -> bool:

@@ -814,3 +814,25 @@ async def test_a_read_timeout_shorter_than_the_patience_still_holds(monkeypatch)
             assert time.monotonic() - t0 < 4  # the read timeout, not the patience
         gone.set()
         await c.close()
+
+
+def test_a_plain_url_split_by_hand_gives_urllibs_request():
+    # request_head splits plain URLs without urllib (for the head start, before any
+    # heavy import); whenever it does, the bytes must be those of the urllib path.
+    import itertools
+
+    hosts = ["h", "a.example", "10.0.0.1", "x-y.z", "H.example", "b\u00fccher.de", "[::1]",
+             "u:p@h", "h?x", ""]
+    ports = ["", ":80", ":443", ":8080", ":080", ":0", ":65536", ":", ":x"]
+    paths = ["", "/", "/a/b.iso", "/a b", "/%41%zz", "/a?q=1&r=/x?", "/a?", "/a#frag?x",
+             "/~u/(x);y=1,z:@!$'*+", "/a%2Fb", "/\u00e9", "/a\tb", "?q", "#f"]
+    split = 0
+    for scheme, host, port, path in itertools.product(["http", "https", "HTTP", "ftp"],
+                                                       hosts, ports, paths):
+        url = f"{scheme}://{host}{port}{path}"
+        plain = http1.split_plain(url)
+        if plain is None:
+            continue
+        split += 1
+        assert plain == http1.split_any(url), url
+    assert split > 100  # the hand-split path is taken for the common URLs
