@@ -209,10 +209,9 @@ def test_the_rest_of_an_early_answer_goes_on_as_the_first_request(tmp_path):
     assert json.loads(r.stdout)["sources"][0]["bytes"] == len(data)
 
 
-async def test_an_early_body_loses_no_byte_when_its_source_slows_down(monkeypatch):
-    # The rest of an early answer sleeps until a mark of bytes is waiting; a source that
-    # slows down is heard after the patience, and nothing is lost on the way.
-    import asyncio
+def early_body(monkeypatch, length: int):  # type: ignore[no-untyped-def]
+    """The rest of an early answer of `length` body bytes, none received yet, over a
+    socket pair (the other end is returned too), with a patience of 50 ms."""
     import socket
     import threading
 
@@ -224,10 +223,18 @@ async def test_an_early_body_loses_no_byte_when_its_source_slows_down(monkeypatc
     e = Early("http://127.0.0.1:9/f", 0)
     e.sock, e.thread = ours, threading.Thread(target=int)
     e.thread.start()
-    e.thread.join()
+    e.thread.join()  # as after HeadStart.stop()
+    e.head_len, e.body_end = 0, length
+    return EarlyBody(e, 0), theirs
+
+
+async def test_an_early_body_loses_no_byte_when_its_source_slows_down(monkeypatch):
+    # The rest of an early answer sleeps until a mark of bytes is waiting; a source that
+    # slows down is heard after the patience, and nothing is lost on the way.
+    import asyncio
+
     body_len = 300_000
-    e.head_len, e.body_end = 0, body_len
-    body = EarlyBody(e, 0)
+    body, theirs = early_body(monkeypatch, body_len)
     sent = bytes(range(256)) * (body_len // 256) + bytes(body_len % 256)
 
     async def trickle() -> None:
@@ -254,21 +261,9 @@ async def test_bytes_that_land_as_the_patience_runs_out_are_kept(monkeypatch):
     # was busy). A timeout around the receive would cancel a receive that had already
     # taken those bytes out of the socket.
     import asyncio
-    import socket
-    import threading
     import time
 
-    from client import wire
-    from client.headstart import Early, EarlyBody
-
-    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.05)
-    ours, theirs = socket.socketpair()
-    e = Early("http://127.0.0.1:9/f", 0)
-    e.sock, e.thread = ours, threading.Thread(target=int)
-    e.thread.start()
-    e.thread.join()
-    e.head_len, e.body_end = 0, 200_000
-    body = EarlyBody(e, 0)
+    body, theirs = early_body(monkeypatch, 200_000)
     sent = bytes(i * 7 & 0xFF for i in range(200_000))
 
     def busy() -> None:
