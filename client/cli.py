@@ -272,9 +272,10 @@ async def _main(args: argparse.Namespace, head: HeadStart | None = None) -> int:
 
     opts = http_options(args, cfg, urls)
     started = head.began if head else time.monotonic()
+    read_timeout = cfg.stall_timeout + 5
     try:
         async with HttpClient(opts, connect_timeout=cfg.connect_timeout,
-                              read_timeout=cfg.stall_timeout + 5,
+                              read_timeout=read_timeout,
                               per_host=cfg.max_connections_per_host + 1) as http:
             if args.sha256_file:
                 target = name_from_url(urls[0]) if urls else safe_name(args.targets[0])
@@ -285,7 +286,8 @@ async def _main(args: argparse.Namespace, head: HeadStart | None = None) -> int:
                 # Passwords stay in `opts`; messages and the summary show plain URLs.
                 early = None
                 if head is not None:
-                    early = functools.partial(head.probe, http, patience=cfg.connect_timeout)
+                    # As long as a probe would wait for its answer.
+                    early = functools.partial(head.probe, http, patience=read_timeout)
                 plan = await plan_from_urls(http, [strip_userinfo(u) for u in urls], sha256,
                                             early=early)
             else:
@@ -424,10 +426,10 @@ async def fetch(plan: Plan, out: pathlib.Path, cfg: client_config.ClientConfig,
                       rarest_first=bool(swarm and swarm.registered))
     if head is not None:
         for source, offset, data, early in head.pieces(plan):
-            used = fetcher.adopt(source, offset, data, early)
+            used, goes_on = fetcher.adopt(source, offset, data, early)
             log.debug("head start: %s sent %d bytes during start-up, %d of them in whole "
-                      "pieces; the rest of its answer goes on", plan.sources[source].url,
-                      len(data), used)
+                      "pieces%s", plan.sources[source].url, len(data), used,
+                      "; the rest of its answer goes on" if goes_on else "")
         head.close()  # what was not taken over, and the memory of what was written
     sharing = asyncio.create_task(swarm.run(fetcher)) if swarm and swarm.registered else None
     completed = False

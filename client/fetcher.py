@@ -318,17 +318,18 @@ class Fetcher:
         self._adopted: list[tuple[int, int, int, Body]] = []
 
     def adopt(self, source: int, offset: int, data: memoryview,
-              early: Early | None = None) -> int:
+              early: Early | None = None) -> tuple[int, bool]:
         """Bytes of the file at `offset` that `source` sent before the fetch began (the
         head start, client/headstart.py): the whole pieces among them are written and
         count as that source's, and the rest of its answer (`early`) goes on as that
         source's first request. Before run(), and only for a plan without piece hashes
         (the pieces are checked as every piece of such a plan is: by the size and
         range of their answer, and by the whole file's digest if one is given).
-        Returns how many bytes were used; raises StorageError."""
+        Returns how many bytes were written, and whether the rest goes on; raises
+        StorageError."""
         plan, store = self.plan, self.store
         if plan.piece_hashes is not None:
-            return 0
+            return 0, False
         ps = plan.piece_size
         first = -(-offset // ps)
         end = (offset + len(data)) // ps if offset + len(data) < plan.size else plan.pieces
@@ -343,13 +344,14 @@ class Fetcher:
             self.sched.credit(source, piece)
             self.delivered_by[piece] = source
             used += b - a
-        if early is not None:
+        rest = None
+        if early is not None and first <= end:  # (else its pieces are bigger than the span)
             # The answer goes on to the end of its span: its whole pieces from here.
             last = plan.pieces if early.span_end >= plan.size else early.span_end // ps
             rest = early.rest(end * ps) if end < last else None
             if rest is not None:
                 self._adopted.append((source, end, last, rest))
-        return used
+        return used, rest is not None
 
     # ---- the loop ---------------------------------------------------------
 
@@ -555,7 +557,7 @@ class Fetcher:
                 if resp.status not in (200, 206):
                     return status_fault(resp.status, resp.reason, resp.headers)
                 if resp.status == 206:
-                    bad = check_range_response(resp, start, end, plan.size, src.validator)
+                    bad = check_range_response(resp.headers, start, end, plan.size, src.validator)
                     if bad:
                         return bad
                     src.ranges_seen = True

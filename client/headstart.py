@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from client.plan import Plan
 
 SPAN = 8 * 1024 * 1024  # asked of each mirror: ~0.3 s at 200 Mbit/s, more than start-up
+SPANS_BUDGET = 32 * 1024 * 1024  # all spans together (memory, until the pieces are written)
+MIN_SPAN = 1024 * 1024
 MAX_HEAD = 64 * 1024  # room for the answer's head (client/wire.py refuses longer ones)
 MAX_MIRRORS = 16
 CONNECT_TIMEOUT = 2.0
@@ -77,18 +79,20 @@ class Early:
         "probe",
         "request",
         "sock",
+        "span",
         "stopping",
         "thread",
         "url",
     )
 
-    def __init__(self, url: str, first: int) -> None:
+    def __init__(self, url: str, first: int, span: int = SPAN) -> None:
         self.url = url
         self.first = first  # the span asked for begins here
+        self.span = span
         self.request = request_head(url, [("User-Agent", USER_AGENT), *BASE_HEADERS.items(),
                                           ("Range", self.range)])
         # Anonymous memory: pages cost RSS only once bytes land in them.
-        self.buf = mmap.mmap(-1, MAX_HEAD + SPAN)
+        self.buf = mmap.mmap(-1, MAX_HEAD + span)
         self.got = 0  # bytes of the answer (head and body) in buf
         self.sock: _socket.socket | None = None
         self.error: OSError | None = None
@@ -102,7 +106,7 @@ class Early:
 
     @property
     def range(self) -> str:
-        return f"bytes={self.first}-{self.first + SPAN - 1}"
+        return f"bytes={self.first}-{self.first + self.span - 1}"
 
     @property
     def span_end(self) -> int:
@@ -113,8 +117,8 @@ class Early:
         """The rest of this answer from file offset `offset` on, to read on the event
         loop (after :meth:`HeadStart.stop`), or None if there is none to read."""
         if not self.body_end or self.sock is None or self.error is not None \
-                or self.head_len + offset - self.first > min(self.got, self.body_end) \
-                or self.got >= self.body_end:
+                or not self.first <= offset <= self.first + min(self.got, self.body_end) \
+                - self.head_len or self.got >= self.body_end:
             return None
         return EarlyBody(self, offset)
 
@@ -124,7 +128,8 @@ class HeadStart:
 
     def __init__(self, urls: Sequence[str]) -> None:
         self.began = time.monotonic()
-        self.early = [Early(u, i * SPAN) for i, u in enumerate(urls)]
+        span = span_for(len(urls))
+        self.early = [Early(u, i * span, span) for i, u in enumerate(urls)]
         self._lock = threading.Lock()
         self._views: list[memoryview] = []  # handed out by pieces(), released by close()
         self.stopped = False
@@ -196,22 +201,26 @@ class HeadStart:
             if e.sock is not None:
                 e.sock.close()
             if not e.adopted and (e.thread is None or not e.thread.is_alive()):
-                e.buf.close()
+                try:
+                    e.buf.close()
+                except BufferError:  # a view is still held (an error being unwound)
+                    pass
 
     # ---- after start-up (client/cli.py); heavy modules are loaded by now ----
 
     async def probe(self, http: HttpClient, url: str, patience: float) -> Probe | None:
         """The probe the early answer from `url` makes, or None (then probe as usual):
         None if no early request went there, if it is not exactly what `http` would
-        have sent first, or if its answer is unusable or has not begun within
-        `patience` seconds. The body waits for :meth:`pieces`."""
+        have sent first, or if it failed, or its answer is unusable or incomplete
+        after `patience` seconds (a normal probe's wait for its head). The body
+        waits for :meth:`pieces`, if it is exactly the span asked for (the same
+        checks as the fetcher's, client/http.py check_range_response)."""
         import asyncio
         import logging
 
         from client import wire
-        from client.http import probe_answer
+        from client.http import check_range_response, probe_answer
         from common.errors import SourceError
-        from common.http_ranges import parse_content_range
 
         e = next((e for e in self.early if e.url == url), None)
         if e is None:
@@ -222,7 +231,7 @@ class HeadStart:
         else:
             deadline = asyncio.get_running_loop().time() + patience
             # Usually the head is in long before this runs; else it comes on the early
-            # connection sooner than on a new one.
+            # connection sooner than on a new one (which would wait just as long).
             while (end := wire.head_end(e.buf[:min(e.got, MAX_HEAD)])) < 0 and not e.ended \
                     and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.005)
@@ -240,13 +249,16 @@ class HeadStart:
             logging.getLogger("mfetch").debug("head start: %s: not used (%s)", e.url, why)
             return None
         e.head_len = end
-        if head.status == 206 and length is not None:
-            try:
-                a, b, _ = parse_content_range(head.headers.get("Content-Range") or "")
-            except ValueError:
-                return e.probe
-            if a == e.first and b - a == length:
+        size = e.probe.size
+        if head.status == 206 and length is not None and size is not None:
+            span_end = min(e.first + e.span, size)
+            bad = check_range_response(head.headers, e.first, span_end, size,
+                                       e.probe.validator)
+            if bad is None and length == span_end - e.first:
                 e.body_end = end + length
+            elif bad is not None:
+                logging.getLogger("mfetch").debug("head start: %s: body not used (%s)",
+                                                  e.url, bad.message)
         return e.probe
 
     def pieces(self, plan: Plan) -> list[tuple[int, int, memoryview, Early]]:
@@ -274,9 +286,12 @@ class EarlyBody:
     connection from now on."""
 
     def __init__(self, e: Early, offset: int) -> None:
+        import asyncio
         import socket
 
         from client import wire
+
+        self._asyncio, self._wire = asyncio, wire  # loaded by now: kept, not looked up
 
         assert e.sock is not None and e.thread is not None and not e.thread.is_alive()
         self.e = e
@@ -297,10 +312,6 @@ class EarlyBody:
         self._buf: bytearray | None = None
 
     async def read_view(self) -> memoryview | None:
-        import asyncio
-
-        from client import wire
-
         if self.left <= 0:
             return None
         if self.pos < self.early_end:
@@ -311,11 +322,11 @@ class EarlyBody:
             self._forget_early()
             if self._buf is None:
                 self._buf = bytearray(self._size)
-            loop = asyncio.get_running_loop()
+            loop = self._asyncio.get_running_loop()
             # As wire.Connection does: a mark not reached soon drops to one byte, which
             # wakes the wait up with what came. (Not a timeout around the receive: one
             # that fires as bytes land would drop them.)
-            impatient = loop.call_later(wire.LOWAT_PATIENCE, self.set_lowat, 1) \
+            impatient = loop.call_later(self._wire.LOWAT_PATIENCE, self.set_lowat, 1) \
                 if self._lowat > 1 else None
             try:
                 room = memoryview(self._buf)[:min(len(self._buf), self.left)]
@@ -334,10 +345,8 @@ class EarlyBody:
     def set_lowat(self, value: int) -> None:
         """Wake up only once `value` bytes are readable (see client/fetcher.py), or
         after wire.LOWAT_PATIENCE with whatever came."""
-        from client import wire
-
         value = min(value, self._size, max(1, self.left))
-        if value != self._lowat and wire.set_rcvlowat(self.sock, value):
+        if value != self._lowat and self._wire.set_rcvlowat(self.sock, value):
             self._lowat = value
 
     def release(self) -> None:
@@ -380,7 +389,19 @@ def begin(argv: Sequence[str], environ: Mapping[str, str]) -> HeadStart | None:
         return None
     if _config_mentions_settings(environ) or _resuming(argv):
         return None
-    return HeadStart(urls)
+    try:
+        return HeadStart(urls)
+    except (OSError, RuntimeError):  # no memory or threads to spare: no head start
+        return None
+
+
+def span_for(mirrors: int) -> int:
+    """The span asked of each of `mirrors` mirrors: SPAN, less with many (all of
+    them within SPANS_BUDGET), a power of two (so that it holds whole pieces)."""
+    span = SPAN
+    while span > MIN_SPAN and span * mirrors > SPANS_BUDGET:
+        span //= 2
+    return span
 
 
 def _resuming(argv: Sequence[str]) -> bool:
@@ -434,8 +455,9 @@ def _plain_http(url: str) -> tuple[str, int] | None:
 
 
 def _config_mentions_settings(environ: Mapping[str, str]) -> bool:
-    """Whether the config file (client/config.py finds it the same way) names a
-    setting in _SETTINGS: a word search, so at worst a false alarm, never a miss."""
+    """Whether the config file (client/config.py finds it the same way) may set
+    something in _SETTINGS: a word search, and any backslash (an escape can spell a
+    key in a quoted YAML string), so at worst a false alarm."""
     base = environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     try:
         with open(os.path.join(base, "mfetch", "config.yaml"), "rb") as f:
@@ -444,8 +466,9 @@ def _config_mentions_settings(environ: Mapping[str, str]) -> bool:
         return False
     except OSError:
         return True  # cli reports it; no head start meanwhile
-    return any(s.encode() in text or s.replace("_", "-").encode() in text
-               for s in _SETTINGS)
+    # A backslash may escape a key's letters in a quoted YAML key: then no guessing.
+    return b"\\" in text or any(s.encode() in text or s.replace("_", "-").encode() in text
+                                 for s in _SETTINGS)
 
 
 def entry() -> None:

@@ -30,7 +30,7 @@ from client import wire
 from client.events import Fault, FaultKind
 from client.http1 import BASE_HEADERS, USER_AGENT, request_head
 from common.errors import ConfigError, ProtocolError, SourceError
-from common.http_ranges import parse_content_range
+from common.http_ranges import MAX_DIGITS, parse_content_range
 from common.security import bearer
 
 if TYPE_CHECKING:  # (a Protocol class costs ~1 ms to define at start-up)
@@ -557,9 +557,9 @@ def _unsatisfied_size(content_range: str) -> int | None:
     unit, _, size = content_range.strip().partition(" ")
     digits = size[2:]
     if unit != "bytes" or not size.startswith("*/") or not digits \
-            or digits.strip("0123456789"):
+            or digits.strip("0123456789") or len(digits) > MAX_DIGITS:
         return None
-    return int(size[2:])
+    return int(digits)
 
 
 async def _finish_small(resp: Response) -> None:
@@ -573,14 +573,15 @@ async def _finish_small(resp: Response) -> None:
                 await resp.read()
 
 
-def check_range_response(resp: Response, start: int, end: int, size: int,
+def check_range_response(headers: Mapping[str, str], start: int, end: int, size: int,
                          validator: str) -> Fault | None:
-    """Whether a 206 answer is exactly the bytes [start, end) of the file we mean."""
-    enc = resp.headers.get("Content-Encoding", "identity").lower()
+    """Whether a 206 answer (its `headers`) is exactly the bytes [start, end) of the
+    file we mean."""
+    enc = (headers.get("Content-Encoding") or "identity").lower()
     if enc not in ("identity", ""):
         return Fault(FaultKind.FATAL, f"sent a {enc}-encoded body to a range request")
     try:
-        got = parse_content_range(resp.headers.get("Content-Range", ""))
+        got = parse_content_range(headers.get("Content-Range") or "")
     except ValueError as e:
         return Fault(FaultKind.FATAL, str(e))
     if got[2] is not None and got[2] != size:
@@ -588,7 +589,7 @@ def check_range_response(resp: Response, start: int, end: int, size: int,
     if got[:2] != (start, end):
         return Fault(FaultKind.FATAL,
                      f"sent bytes {got[0]}-{got[1] - 1} when asked for {start}-{end - 1}")
-    if changed(validator, resp.headers):
+    if changed(validator, headers):
         return Fault(FaultKind.FATAL, "the file changed on the server")
     return None
 

@@ -62,6 +62,8 @@ def test_settings_that_change_requests_turn_it_off(tmp_path):
     for text in ("proxy: http://p:3128\n", "limit_rate: 1M\n", "User_Agent: x\n"):
         config.write_text(text)
         assert begin([url], env) is None, text
+    config.write_text('"pro\\x78y": http://p:3128\n')  # YAML reads the key as "proxy"
+    assert begin([url], env) is None
     config.write_text("tracker: t.example:7700\n")
     head = begin([url], env)
     assert head is not None
@@ -80,6 +82,39 @@ async def test_its_request_is_the_one_the_client_would_send_first():
         assert http.first_request(early.url, {"Range": early.range}) != early.request
 
 
+def test_spans_shrink_with_many_mirrors_and_stay_whole():
+    assert headstart.span_for(1) == headstart.span_for(4) == SPAN
+    assert headstart.span_for(16) == 2 * MiB
+    assert headstart.span_for(200) == headstart.MIN_SPAN
+    for n in range(1, 40):
+        span = headstart.span_for(n)
+        assert span & (span - 1) == 0  # a power of two: whole pieces of 256 KiB and up
+        assert span * n <= headstart.SPANS_BUDGET or span == headstart.MIN_SPAN
+
+
+def test_the_rest_never_starts_before_its_span_and_close_is_safe():
+    import socket
+
+    head = HeadStart(["http://127.0.0.1:9/f", "http://127.0.0.2:9/f"])
+    for e in head.early:
+        assert e.thread is not None
+        e.thread.join(5)  # refused
+    head.stop()
+    e = head.early[1]  # its span starts at SPAN
+    ours, theirs = socket.socketpair()
+    e.sock, e.error = ours, None
+    e.head_len, e.body_end, e.got = 100, 100 + SPAN, 100 + 1000
+    assert e.rest(0) is None  # a piece bigger than the span began before it
+    assert e.rest(SPAN + 1001) is None  # past what came
+    body = e.rest(SPAN + 1000)
+    assert body is not None and body.content_length == SPAN - 1000
+    body.release()
+    theirs.close()
+    held = memoryview(head.early[0].buf)  # as a traceback being unwound may hold one
+    head.close()
+    held.release()
+
+
 def test_an_answer_past_the_end_still_gives_the_size():
     h = {"Content-Range": "bytes */1000", "ETag": '"e"'}
     p = probe_answer("u", "u", 416, "Range Not Satisfiable", h, 0, first=SPAN)
@@ -88,6 +123,9 @@ def test_an_answer_past_the_end_still_gives_the_size():
         probe_answer("u", "u", 416, "", h, 0, first=0)
     with pytest.raises(SourceError):
         probe_answer("u", "u", 416, "", {"Content-Range": "bytes */1e3"}, 0, first=SPAN)
+    with pytest.raises(SourceError):  # not a ValueError from int() past 4300 digits
+        probe_answer("u", "u", 416, "", {"Content-Range": "bytes */" + "9" * 5000}, 0,
+                     first=SPAN)
     assert probe_answer("u", "u", 416, "", {"Content-Range": "bytes */0"}, 0).size == 0
 
 
@@ -160,9 +198,10 @@ def test_a_lying_mirror_that_came_first_is_found_and_its_pieces_fixed(tmp_path):
     out = tmp_path / "out"
     with FaultyServer(data, lie=True) as liar, FaultyServer(data) as a, \
             FaultyServer(data) as b:
-        r = mfetch(liar.url, a.url, b.url, "-o", str(out), "--json",
+        r = mfetch(liar.url, a.url, b.url, "-o", str(out), "--json", "-v",
                    "--sha256", hashlib.sha256(data).hexdigest())
     assert r.returncode == 0, r.stderr
+    assert f"head start: {liar.url} sent {len(data)} bytes" in r.stderr  # all of it
     assert out.read_bytes() == data
     s = json.loads(r.stdout)
     assert "wrong bytes" in next(x for x in s["sources"] if x["url"] == liar.url)["dropped_reason"]
@@ -188,6 +227,8 @@ def test_an_error_before_the_fetch_keeps_nothing(tmp_path):
     out.write_bytes(b"mine")
     with FaultyServer(data) as a:
         r = mfetch(a.url, "-o", str(out))
+        asked = a.headers_seen[0].get("Range")
+    assert asked == f"bytes=0-{SPAN - 1}"  # the head start was on
     assert r.returncode == 1 and "already exists" in r.stderr and "Traceback" not in r.stderr
     assert out.read_bytes() == b"mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out"]
@@ -298,3 +339,17 @@ def test_no_head_start_when_a_download_may_resume(tmp_path, monkeypatch):
     head = begin([url], NO_CONFIG)
     assert head is not None
     head.close()
+
+
+def test_an_encoded_early_answer_is_refused_as_any_other(tmp_path):
+    # A 206 with Content-Encoding: gzip is not the bytes asked for: the head start
+    # must not write it (the fetch then fails that mirror, as without a head start).
+    data = make_file(tmp_path / "d", 1 * MiB, seed=69)
+    out = tmp_path / "out"
+    with FaultyServer(data, gzip=True) as zipped:
+        r = mfetch(zipped.url, "-o", str(out), "-v")
+        asked = zipped.headers_seen[0].get("Range")
+    assert asked == f"bytes=0-{SPAN - 1}"
+    assert r.returncode == 1 and "gzip-encoded" in r.stderr and "Traceback" not in r.stderr
+    assert "body not used" in r.stderr
+    assert not out.exists()
