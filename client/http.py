@@ -30,7 +30,7 @@ from client import wire
 from client.events import Fault, FaultKind
 from client.http1 import BASE_HEADERS, USER_AGENT, request_head
 from common.errors import ConfigError, ProtocolError, SourceError
-from common.http_ranges import MAX_DIGITS, parse_content_range
+from common.http_ranges import parse_content_range, parse_unsatisfied_range
 from common.security import bearer
 
 if TYPE_CHECKING:  # (a Protocol class costs ~1 ms to define at start-up)
@@ -546,20 +546,13 @@ def probe_answer(url: str, final: str, status: int, reason: str | None,
     if status == 416:
         # Nothing from FIRST on: an empty file has no byte 0 (RFC 9110 §14.4); a
         # head start's range may begin past the end of a short file.
-        total = _unsatisfied_size(headers.get("Content-Range", ""))
+        try:
+            total = parse_unsatisfied_range(headers.get("Content-Range") or "")
+        except ValueError:
+            total = None
         if total is not None and total <= first:
             return Probe(final, total, validator_of(headers), True)
     raise SourceError(f"{url}: answered {status} {reason or ''}".rstrip())
-
-
-def _unsatisfied_size(content_range: str) -> int | None:
-    """The size in a 416's ``Content-Range: bytes */SIZE``, or None."""
-    unit, _, size = content_range.strip().partition(" ")
-    digits = size[2:]
-    if unit != "bytes" or not size.startswith("*/") or not digits \
-            or digits.strip("0123456789") or len(digits) > MAX_DIGITS:
-        return None
-    return int(digits)
 
 
 async def _finish_small(resp: Response) -> None:

@@ -22,6 +22,7 @@ HUGE = 10**MAX_DIGITS
 _OWS = "[ \t]*"  # RFC 9110 §5.6.3 optional whitespace
 _RANGE = re.compile(rf"{_OWS}([0-9]*){_OWS}-{_OWS}([0-9]*){_OWS}", re.ASCII)
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)", re.ASCII)
+_UNSATISFIED = re.compile(r"bytes \*/([0-9]+)", re.ASCII)
 _UNIT = re.compile(r"bytes=", re.ASCII | re.IGNORECASE)
 
 
@@ -102,3 +103,12 @@ def parse_content_range(header: str) -> tuple[int, int, int | None]:
     if size is not None and end > size:
         raise ValueError(f"Content-Range {header[:80]!r} runs past its total")
     return start, end, size
+
+
+def parse_unsatisfied_range(header: str) -> int:
+    """The file's size from a 416's 'bytes */SIZE' (RFC 9110 §14.4).
+    Raises ValueError on anything else."""
+    m = _UNSATISFIED.fullmatch(header.strip(" \t"))
+    if not m:
+        raise ValueError(f"malformed unsatisfied Content-Range {header[:80]!r}")
+    return _exact(m.group(1))

@@ -697,19 +697,27 @@ async def test_bytes_below_the_wake_up_mark_are_read_after_the_patience(monkeypa
         await c.close()
 
 
-async def test_a_silent_source_still_times_out_under_a_wake_up_mark(monkeypatch):
-    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.1)
+async def _silent_read(monkeypatch, patience: float, read_timeout: float) -> float:
+    """How long a read under a 512 KiB wake-up mark took to time out on a source that
+    sends a head and then nothing."""
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", patience)
     gone = asyncio.Event()
     async with scripted(_trickle(b"", gone)) as (url, _):
-        c = client(read_timeout=0.5)
+        c = client(read_timeout=read_timeout)
         async with await c.get(url, []) as r:
             r.set_lowat(512 * 1024)
             t0 = time.monotonic()
             with pytest.raises(TimeoutError):
                 await r.read_view()
-            assert time.monotonic() - t0 >= 0.45  # the whole read timeout, not the patience
+            waited = time.monotonic() - t0
         gone.set()
         await c.close()
+    return waited
+
+
+async def test_a_silent_source_still_times_out_under_a_wake_up_mark(monkeypatch):
+    waited = await _silent_read(monkeypatch, patience=0.1, read_timeout=0.5)
+    assert waited >= 0.45  # the whole read timeout, not the patience
 
 
 def test_the_wake_up_mark_is_never_above_a_buffer():
@@ -802,18 +810,8 @@ def test_the_exit_skips_no_thread_pool_shutdown():
 
 
 async def test_a_read_timeout_shorter_than_the_patience_still_holds(monkeypatch):
-    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 5.0)
-    gone = asyncio.Event()
-    async with scripted(_trickle(b"", gone)) as (url, _):
-        c = client(read_timeout=0.2)
-        async with await c.get(url, []) as r:
-            r.set_lowat(512 * 1024)
-            t0 = time.monotonic()
-            with pytest.raises(TimeoutError):
-                await r.read_view()
-            assert time.monotonic() - t0 < 4  # the read timeout, not the patience
-        gone.set()
-        await c.close()
+    waited = await _silent_read(monkeypatch, patience=5.0, read_timeout=0.2)
+    assert waited < 4  # the read timeout, not the patience
 
 
 def test_a_plain_url_split_by_hand_gives_urllibs_request():
