@@ -35,7 +35,9 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
-                self.popen.wait(10)
+                # Longer than `tracker serve --workers` gives its workers to stop (10 s,
+                # tracker/workers.py): killing it first would orphan them.
+                self.popen.wait(30)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
@@ -46,9 +48,18 @@ class Proc:
         return self.popen.wait()
 
     def output(self) -> str:
-        """Everything printed so far (after stop/kill: everything)."""
-        if self.popen.poll() is not None and self.popen.stdout:
-            self.lines.extend(self.popen.stdout.readlines())
+        """Everything printed so far (after stop/kill: everything). A child it left
+        behind may keep the pipe open: then what came within 10 s, not a hang."""
+        out = self.popen.stdout
+        if self.popen.poll() is not None and out:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if not select.select([out], [], [], 0.2)[0]:
+                    continue
+                line = out.readline()
+                if not line:
+                    break
+                self.lines.append(line)
         return "".join(self.lines)
 
 
