@@ -23,7 +23,11 @@ answers with actions, and never touches a socket, a file or the real clock
 - The tail: when nothing is unclaimed, an idle connection that would finish
   sooner takes the far part of the slowest request (the victim is truncated),
   or duplicates the piece expected to finish last; the first verified copy wins
-  and the other request is cancelled.
+  and the other request is cancelled. Before that, in the end game, a
+  connection takes no piece that faster connections would all fetch well
+  before it had one (it would only be the last to arrive). What starting a
+  request costs (a split or a duplicate pays it) is each source's measured
+  wait for its first bytes.
 - Faults: a request with no bytes for ``stall_timeout`` (or none at all within
   ``first_byte_timeout``) fails; failures back off exponentially with jitter;
   ``max_failures`` failures in a row, any fatal fault, or one bad piece drop
@@ -89,6 +93,7 @@ from client.events import (
 )
 
 NO_OWNER = -1
+LATENCY_WEIGHT = 0.25  # of each new sample in a source's smoothed latency
 
 # With -v, every decision (not Wait) with the time since start, and the rates twice a
 # second: enough to see after the fact where a download lost time.
@@ -116,11 +121,14 @@ class SchedulerConfig(NamedTuple):
     backoff_base: float = 0.5
     backoff_max: float = 15.0
     tail_margin: float = 1.5  # a thief must be this much faster than its victim
-    latency_guess: float = 0.05  # cost of starting a request, before measuring
+    latency_guess: float = 0.05  # cost of starting a request, until a source's is measured
     # Off under a local rate limit: a duplicate then only halves the useful rate, since
     # both copies pass through the same bucket (splitting a range still happens).
     tail_duplicates: bool = True
     tail_copies: int = 2  # most duplicate copies of one piece at a time
+    # At the very end a connection takes no piece that faster ones would all fetch
+    # this many times sooner (see Scheduler._others_finish_first).
+    endgame_margin: float = 1.25
     # A request keeps what its rate fetches in this many times the expected rest of
     # the download; the pieces beyond go back to the pool.
     release_margin: float = 2.0
@@ -206,6 +214,7 @@ class _Source:
         "have",
         "id",
         "in_a_row",
+        "latency",
         "mark_at",
         "mark_bytes",
         "max_connections",
@@ -216,9 +225,10 @@ class _Source:
         "target",
     )
 
-    def __init__(self, id: int, max_connections: int) -> None:
+    def __init__(self, id: int, max_connections: int, latency: float) -> None:
         self.id = id
         self.max_connections = max_connections
+        self.latency = latency  # from a request's start to its first bytes, smoothed
         self.conns: set[int] = set()
         self.target = 0
         self.failures = 0
@@ -351,7 +361,8 @@ class Scheduler:
         self.owner = [NO_OWNER] * pieces  # the one request streaming a piece to disk
         self._unclaimed = self.left  # pieces neither done nor owned (kept by _own/_disown)
         self.dups: dict[int, set[int]] = {}  # piece -> buffered requests copying it
-        self.sources = [_Source(i, self.cfg.max_connections_per_source) for i in range(sources)]
+        self.sources = [_Source(i, self.cfg.max_connections_per_source, self.cfg.latency_guess)
+                        for i in range(sources)]
         # Which host each source is on (equal numbers: one host, one connection cap).
         self.host_of = list(hosts) if hosts is not None else list(range(sources))
         self.avail = [0] * pieces  # how many live sources hold each piece
@@ -403,8 +414,9 @@ class Scheduler:
                 log.debug("%.3f %s: %s", t, type(event).__name__, a)
         if isinstance(event, Tick) and t >= self._traced_rates + 0.5:
             self._traced_rates = t
-            log.debug("%.3f rates MB/s (connections) %s; %d pieces left", t, ", ".join(
-                f"{s.id}: {self.source_rate(s.id) / 1e6:.1f} ({len(s.conns)})"
+            log.debug("%.3f rates MB/s (connections, latency) %s; %d pieces left", t, ", ".join(
+                f"{s.id}: {self.source_rate(s.id) / 1e6:.1f} ({len(s.conns)}, "
+                f"{s.latency * 1000:.0f} ms)"
                 for s in self.sources if not s.dropped), self.left)
 
     def _handle(self, event: Event) -> list[Action]:
@@ -445,7 +457,8 @@ class Scheduler:
         """A source found mid-download (a partial holder when `have` is given), on
         `host` (as in ``hosts``; None: a host of its own): its id, and the connections
         to open for it."""
-        src = _Source(len(self.sources), self.cfg.max_connections_per_source)
+        src = _Source(len(self.sources), self.cfg.max_connections_per_source,
+                      self.cfg.latency_guess)
         self.sources.append(src)
         self.host_of.append(max(self.host_of, default=-1) + 1 if host is None else host)
         self._set_have(src, have)
@@ -550,6 +563,9 @@ class Scheduler:
         if req is None:
             return
         now = self.clock()
+        if req.last_byte is None:
+            src = self.sources[req.source]
+            src.latency += LATENCY_WEIGHT * (now - req.started - src.latency)
         req.got += n
         req.arrivals += 1
         req.got_in_cursor += n
@@ -724,6 +740,8 @@ class Scheduler:
         # Never more than this connection's share of what is left, so the tail is short.
         unclaimed = self._unclaimed_bytes()
         total = sum(self._conn_rate(c, now) for c in self.conns.values()) or rate
+        if not self.swarm and self._others_finish_first(conn, rate, unclaimed, total, now):
+            return None
         want = min(want, unclaimed * rate / total if total > 0 else want)
         want = min(want, self.cfg.max_request_bytes)
         count = max(1, int(want // self.piece_size))
@@ -738,6 +756,40 @@ class Scheduler:
                 and (not self.swarm or src.holds(end) and 0 <= self._rank(src, end) <= rarity):
             end += 1
         return first, end
+
+    def _others_finish_first(self, conn: _Conn, rate: float, unclaimed: int, total: float,
+                             now: float) -> bool:
+        """The end game: whether the faster connections, each once done with what it
+        has, would fetch every unclaimed piece before `conn` (at `rate`) had one.
+        Then `conn` had better take none: its piece would be the last to arrive,
+        the rest waiting for it or for a duplicate started late. (Each margin
+        on the safe side: a wrong "no" only costs a duplicate, a wrong "yes" a wait.)"""
+        if conn.meter.samples == 0 or rate <= 0:
+            return False  # its rate is a guess yet
+        mine = (self.piece_size / rate + self.sources[conn.source].latency) \
+            / self.cfg.endgame_margin
+        if unclaimed > total * mine:
+            return False  # not the end yet: everyone has work for longer than that
+        pieces = unclaimed // self.piece_size
+        for c in self.conns.values():
+            src = self.sources[c.source]
+            if c is conn or src.dropped or not src.ranges or src.blocked_until > now \
+                    or src.in_a_row or c.meter.samples == 0:
+                continue
+            r = self._idle_rate(c, now)
+            if r <= rate:
+                continue
+            busy = 0.0
+            if c.request is not None:
+                req = self.requests[c.request]
+                busy = self._piece_time_left(req, now) if req.buffered \
+                    else self._time_left(req, now)
+            spare = mine - busy - src.latency
+            if spare > 0:
+                pieces -= int(spare * r / self.piece_size)
+                if pieces <= 0:
+                    return True
+        return False
 
     def _rank(self, src: _Source, piece: int) -> int:
         """How much `src` should avoid `piece`, lower first: the rarer first; -1 when not
@@ -812,7 +864,7 @@ class Scheduler:
             if left > 0:
                 victims.append((left, req))
         victims.sort(key=lambda v: v[0], reverse=True)
-        latency = self.cfg.latency_guess
+        latency = thief.latency
         for victim_left, victim in victims:
             v_rate = self._request_rate(victim, now)
             # Split: pieces the victim has not started, shared so both end together.

@@ -15,7 +15,7 @@ PIECE = 256 * 1024
 SCENARIOS = [
     ("one source", [SimSource(100 * MB)], 0.93),
     ("heterogeneous", [SimSource(25 * MB, per_conn=10 * MB), SimSource(12.5 * MB, per_conn=10 * MB),
-                       SimSource(6 * MB), SimSource(2.5 * MB)], 0.92),
+                       SimSource(6 * MB), SimSource(2.5 * MB)], 0.95),
     ("fastest stalls mid-run", [SimSource(25 * MB, per_conn=10 * MB, stall_at=1.5, trickle=1000),
                                 SimSource(12.5 * MB), SimSource(6 * MB), SimSource(2.5 * MB)], 0.95),
     # Late in the download (ideal 4.35 s without the stall), when the pool of unclaimed
@@ -38,11 +38,11 @@ SCENARIOS = [
     ("fastest stalls dead silent", [SimSource(25 * MB, stall_at=1.0), SimSource(12.5 * MB),
                                     SimSource(6 * MB)], 0.85),
     ("a mirror dies mid-run", [SimSource(25 * MB, per_conn=10 * MB), SimSource(12.5 * MB, die_at=2.0),
-                               SimSource(6 * MB), SimSource(2.5 * MB)], 0.90),
+                               SimSource(6 * MB), SimSource(2.5 * MB)], 0.94),
     ("a liar among honest sources", [SimSource(25 * MB, liar=True), SimSource(12.5 * MB),
                                      SimSource(6 * MB)], 0.93),
-    ("high latency", [SimSource(20 * MB, latency=0.1), SimSource(20 * MB, latency=0.05)], 0.85),
-    ("sixteen mirrors", [SimSource((i + 1) * 2 * MB) for i in range(16)], 0.80),
+    ("high latency", [SimSource(20 * MB, latency=0.1), SimSource(20 * MB, latency=0.05)], 0.90),
+    ("sixteen mirrors", [SimSource((i + 1) * 2 * MB) for i in range(16)], 0.92),
 ]
 
 
@@ -330,3 +330,44 @@ def test_a_backoff_does_not_count_against_the_connection_added_last() -> None:
         s.handle(ev.Tick())
     flow(1.0, 3e6)
     assert not s.sources[0].saturated and s.sources[0].target == 4
+
+
+def test_at_the_end_a_slow_connection_leaves_the_last_pieces_to_a_faster_one() -> None:
+    """The last 4 pieces take a 50 MB/s connection 20 ms; one of them would take a
+    1 MB/s connection 260 ms: the slow one waits and the download ends sooner. With
+    400 pieces left (2 s for the fast one) the slow one does take its share."""
+    for pieces, slow_takes in ((4, False), (400, True)):
+        s, now = _sched(pieces=pieces, sources=2, initial_connections=1)
+        fast, slow = _open_conns(s.start())
+        # Both have proven their rates on a second of earlier work (on their meters).
+        for conn, rate in ((fast.conn, 50 * MB), (slow.conn, 1 * MB)):
+            meter = s.conns[conn].meter
+            meter.resume(0.0)
+            meter.add(rate, 0.0)
+            meter.stop(1.0)
+        now[0] = 1.0
+        first = s.handle(ev.ConnectionIdle(slow.conn))[0]
+        assert isinstance(first, ev.Fetch) is slow_takes, (pieces, first)
+        if not slow_takes:
+            assert first == ev.Wait(slow.conn)
+            f = s.handle(ev.ConnectionIdle(fast.conn))[0]
+            assert isinstance(f, ev.Fetch) and f.first == 0
+            # Busy with most of them, the fast one still gets the rest first.
+            assert s.handle(ev.ConnectionIdle(slow.conn)) == [ev.Wait(slow.conn)]
+
+
+def test_a_source_latency_follows_its_first_bytes() -> None:
+    """The cost of starting a request, which the tail weighs (a duplicate or a split
+    pays it), starts as a guess and then follows each request's wait for its first
+    bytes: 2 ms on a LAN, not the 50 ms guessed."""
+    s, now = _sched(pieces=64, initial_connections=1)
+    (c,) = _open_conns(s.start())
+    assert s.sources[0].latency == SchedulerConfig().latency_guess
+    for _ in range(20):
+        f = s.handle(ev.ConnectionIdle(c.conn))[0]
+        assert isinstance(f, ev.Fetch)
+        now[0] += 0.002
+        s.handle(ev.BytesReceived(f.request, PIECE))
+        s.handle(ev.PieceDone(f.request, f.first))
+        s.handle(ev.RequestEnded(f.request))
+    assert s.sources[0].latency == pytest.approx(0.002, abs=0.001)
