@@ -55,6 +55,7 @@ MAX_MIRRORS = 16
 CONNECT_TIMEOUT = 2.0
 POLL = 0.01  # how often a reading thread looks whether it is to stop
 JOIN_TIMEOUT = 1.0
+SWITCH_INTERVAL = 0.0005  # the GIL's, while the early requests are read (default 5 ms)
 
 # Flags that change no request (anything else, or a --flag=value form: no head start).
 _PLAIN_FLAGS = frozenset({"--json", "-q", "--quiet", "-v", "--verbose", "--force", "--sync"})
@@ -133,6 +134,12 @@ class HeadStart:
         self._lock = threading.Lock()
         self._views: list[memoryview] = []  # handed out by pieces(), released by close()
         self.stopped = False
+        # While the main thread imports (holding the GIL), a reading thread back from
+        # a system call (connected, bytes in) would wait up to the switch interval
+        # (5 ms) for the GIL at every step: time lost before each early request, and
+        # an unread receive buffer that holds back TCP's ramp-up.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         for e in self.early:
             e.thread = threading.Thread(target=self._fetch, args=(e,), daemon=True,
                                         name="mfetch-headstart")
@@ -182,6 +189,7 @@ class HeadStart:
         if self.stopped:
             return
         self.stopped = True
+        sys.setswitchinterval(self._switch)
         with self._lock:
             for e in self.early:
                 e.stopping = True
