@@ -74,6 +74,7 @@ import os
 import platform
 import re
 import resource
+import select
 import shutil
 import signal
 import subprocess
@@ -504,6 +505,9 @@ def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Pat
                              stdout=so, stderr=se, start_new_session=True)
         CURRENT_CHILD.append(p.pid)
         timed_out = False
+        # Woken the moment the child exits (a pidfd turns readable), not at the next
+        # poll: polling every 5 ms added 0-5 ms to every wall time.
+        pidfd = os.pidfd_open(p.pid) if hasattr(os, "pidfd_open") else None
         try:
             while True:
                 pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -518,10 +522,17 @@ def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Pat
                     timed_out = True
                     status, ru = kill_timed_out(p.pid)
                     break
-                time.sleep(0.005)
+                wake = min(pending[0][0] if pending else timeout, timeout) + 0.001
+                rest = max(0.0, wake - (time.monotonic() - t0))
+                if pidfd is not None:
+                    select.select([pidfd], [], [], rest)
+                else:
+                    time.sleep(min(rest, 0.001))
             wall = time.monotonic() - t0
         finally:
             CURRENT_CHILD.remove(p.pid)
+            if pidfd is not None:
+                os.close(pidfd)
         p.returncode = os.waitstatus_to_exitcode(status)  # reaped by us, tell Popen
         try:  # a timed-out tool's helpers may be in its group still
             os.killpg(p.pid, signal.SIGKILL)
