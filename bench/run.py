@@ -650,7 +650,7 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                     if code == 0:
                         r.note = (r.note + " no/invalid JSON summary").strip()
             results.append(r)
-            eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
+            eff = f"{r.efficiency:.3f}" if r.efficiency is not None else "-"
             log(f"[{case.name}] {label}: {res} wall {wall:.2f}s cpu {r.cpu:.2f}s "
                 f"rss {r.rss_mib}MiB eff {eff}")
             empty_dir(out_dir)
@@ -683,10 +683,10 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
             rows.append(f"| {r.tool} | {r.result} | | | | | | |")
             continue
         mbs = f"{size / r.wall / 1e6:.1f}" if r.result == "right" else "-"
-        ideal = f"{r.ideal:.2f}" if r.ideal is not None else "-"
-        eff = f"{r.efficiency:.2f}" if r.efficiency is not None else "-"
+        ideal = f"{r.ideal:.3f}" if r.ideal is not None else "-"
+        eff = f"{r.efficiency:.3f}" if r.efficiency is not None else "-"
         rss = f"{r.rss_mib:.0f}" if r.rss_mib is not None else "-"
-        rows.append(f"| {r.tool} | {r.result} | {r.wall:.2f} | {mbs} | {r.cpu:.2f} | "
+        rows.append(f"| {r.tool} | {r.result} | {r.wall:.3f} | {mbs} | {r.cpu:.2f} | "
                     f"{rss} | {ideal} | {eff} |")
     notes = []
     for r in results:
