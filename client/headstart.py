@@ -26,23 +26,24 @@ unusual in an answer (a redirect, no byte ranges, a slow or broken server) just
 means that mirror is probed as usual, which reports it properly. `mfetch -v`
 says what the head start brought.
 
-This module imports nothing heavier than ``threading``, on purpose.
+This module imports nothing heavier than ``mmap``, on purpose: every millisecond
+before the early requests go out is a millisecond the mirrors sit idle.
 """
 from __future__ import annotations
 
 import _socket  # not socket: it imports selectors and enum, 16 ms before any request
+import _thread  # not threading: it imports functools and collections, 6 ms
 import itertools
 import mmap
 import os
 import sys
-import threading
 import time
 
 from client.http1 import BASE_HEADERS, USER_AGENT, request_head, split_plain
 
 TYPE_CHECKING = False  # not typing's: importing typing costs 10 ms here
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from client.http import HttpClient, Probe
     from client.plan import Plan
@@ -97,7 +98,7 @@ class Early:
         self.got = 0  # bytes of the answer (head and body) in buf
         self.sock: _socket.socket | None = None
         self.error: OSError | None = None
-        self.thread: threading.Thread | None = None
+        self.thread: _Thread | None = None
         self.stopping = False
         self.ended = False  # the thread is done reading (end of answer, error, or stop)
         self.head_len = 0  # set by probe(): the head's length, when the answer is usable
@@ -131,7 +132,7 @@ class HeadStart:
         self.began = time.monotonic()
         span = span_for(len(urls))
         self.early = [Early(u, i * span, span) for i, u in enumerate(urls)]
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._views: list[memoryview] = []  # handed out by pieces(), released by close()
         self.stopped = False
         # While the main thread imports (holding the GIL), a reading thread back from
@@ -141,9 +142,7 @@ class HeadStart:
         self._switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         for e in self.early:
-            e.thread = threading.Thread(target=self._fetch, args=(e,), daemon=True,
-                                        name="mfetch-headstart")
-            e.thread.start()
+            e.thread = _Thread(self._fetch, e)
 
     def _fetch(self, e: Early) -> None:
         try:
@@ -373,10 +372,41 @@ class EarlyBody:
                 pass
 
 
+class _Thread:
+    """A thread started on _thread, with threading.Thread's join() and is_alive()."""
+
+    __slots__ = ("_running",)
+
+    def __init__(self, target: Callable[[Early], None], arg: Early) -> None:
+        self._running = _thread.allocate_lock()  # held while the thread runs
+        self._running.acquire()
+        try:
+            _thread.start_new_thread(self._run, (target, arg))
+        except BaseException:
+            self._running.release()
+            raise
+
+    def _run(self, target: Callable[[Early], None], arg: Early) -> None:
+        try:
+            target(arg)
+        finally:
+            self._running.release()
+
+    def join(self, timeout: float = -1) -> None:
+        if self._running.acquire(timeout=timeout):
+            self._running.release()
+
+    def is_alive(self) -> bool:
+        return self._running.locked()
+
+
 def _connect(host: str, port: int) -> _socket.socket:
-    """A connected TCP socket (blocking): socket.create_connection, with _socket."""
+    """A connected TCP socket (blocking): socket.create_connection, with _socket.
+    The host goes to getaddrinfo as bytes (split_plain's are ASCII): a str is
+    encoded with the idna codec, whose first import (re, stringprep, unicodedata)
+    cost 14 ms before the first early request."""
     error: OSError = OSError(f"{host}: no address")
-    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0,
+    for family, kind, proto, _, address in _socket.getaddrinfo(host.encode("ascii"), port, 0,
                                                                 _socket.SOCK_STREAM):
         sock = _socket.socket(family, kind, proto)
         try:

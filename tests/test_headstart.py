@@ -128,6 +128,23 @@ def test_the_gil_changes_hands_often_only_while_the_early_answers_are_read():
     assert sys.getswitchinterval() == before
 
 
+def test_the_early_requests_import_nothing_heavy():
+    """Every millisecond before the early requests go out, the mirrors sit idle:
+    threading (functools, collections) cost 6 ms, and a str host given to
+    getaddrinfo loaded the idna codec (and re with it), 14 ms."""
+    import socket
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        code = ("import sys; from client.headstart import HeadStart; "
+                f"HeadStart(['http://127.0.0.1:{port}/f']).close(); "
+                "print(sorted({'encodings.idna', 're', 'threading'} & set(sys.modules)))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_an_answer_past_the_end_still_gives_the_size():
     h = {"Content-Range": "bytes */1000", "ETag": '"e"'}
     p = probe_answer("u", "u", 416, "Range Not Satisfiable", h, 0, first=SPAN)
