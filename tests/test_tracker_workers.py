@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -70,6 +71,28 @@ async def test_a_dead_worker_stops_the_others(procs, tmp_path) -> None:
         with pytest.raises(Exception) as e:  # nobody answers there any more
             await c.locate(name="u.iso")
         assert not isinstance(e.value, NotFoundError)
+
+
+def test_workers_stop_when_their_supervisor_is_killed(procs, tmp_path) -> None:
+    """A SIGKILL gives the supervisor no chance to stop its workers: they notice on
+    their own (within a second) and stop, rather than serve on unsupervised."""
+    import time
+
+    t = procs.tracker(tmp_path, "--workers", "2", "--http", "off")
+    workers = _children(t.popen.pid)
+    assert len(workers) == 2
+    t.popen.kill()
+    t.popen.wait(30)
+    deadline = time.monotonic() + 60  # generous: a loaded machine
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+        time.sleep(0.2)
+        for w in workers:  # reap them if they were reparented to us (a subreaper)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(w, os.WNOHANG)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}")
+             and pathlib.Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, t.output()
+    assert "the supervisor (pid" in t.output()
 
 
 def test_workers_need_a_shared_database(procs, tmp_path) -> None:

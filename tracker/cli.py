@@ -163,7 +163,13 @@ async def _serve(args: argparse.Namespace, cfg: tconfig.TrackerConfig) -> int:
             cfg.listen, bool(cfg.tls_cert), tokens,
             cfg.http if tconfig.http_enabled(cfg) else None):
         logging.getLogger("tracker").warning("%s", warning)
+    watch = None
+    if args.worker is not None:
+        from tracker import workers
+        watch = asyncio.create_task(workers.watch_supervisor(stop.set))
     await stop.wait()
+    if watch is not None:
+        watch.cancel()
     logging.getLogger("tracker").info("stopping")
     if http is not None:
         await http.stop()

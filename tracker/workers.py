@@ -10,7 +10,8 @@ exactly as several trackers on one Redis do.
 
 This process only supervises: it reserves the port (so port 0 names one free port
 for all of them), starts the workers, prints one `tracker listening on` line once
-all of them listen, passes SIGTERM/SIGINT on and stops all of them if one dies.
+all of them listen, passes SIGTERM/SIGINT on and stops all of them if one dies;
+a worker whose supervisor is gone (killed with SIGKILL) stops itself within a second.
 Worker 0 alone serves the status page and /metrics (one port cannot be shared by
 the HTTP servers); its call counters and the recent locates are its own, the store's
 gauges are everyone's.
@@ -20,14 +21,17 @@ started on a port in use fails with "address in use" rather than silently sharin
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common.config import parse_hostport
 from common.errors import ConfigError
@@ -35,6 +39,8 @@ from tracker.config import TrackerConfig
 
 LISTENING = re.compile(r"^tracker listening on (\S+)")
 STOP_GRACE = 10.0  # seconds a worker has to stop before it is killed
+SUPERVISOR_ENV = "MFETCH_TRACKER_SUPERVISOR"  # the supervisor's pid, in each worker
+WATCH_INTERVAL = 1.0  # how often a worker looks whether its supervisor is still there
 
 
 def reserve(listen: str) -> tuple[socket.socket, str]:
@@ -80,7 +86,8 @@ def supervise(cfg: TrackerConfig, argv: Sequence[str]) -> int:
             if i:
                 extra += ["--http", "off"]
             popen = subprocess.Popen([sys.executable, "-m", "tracker.cli", *argv, *extra],
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
             workers.append(popen)
             assert popen.stdout is not None
             for line in popen.stdout:  # until it listens (its logs go to our stderr)
@@ -109,6 +116,20 @@ def supervise(cfg: TrackerConfig, argv: Sequence[str]) -> int:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         _stop_all(workers)
+
+
+async def watch_supervisor(stop: Callable[[], object]) -> None:
+    """In a worker: call `stop` once the supervisor is gone. A supervisor killed with
+    SIGKILL cannot stop its workers, which would otherwise serve on unsupervised
+    (and keep the port) until someone found them."""
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0") or 0)
+    if supervisor <= 0:
+        return
+    while os.getppid() == supervisor:  # an orphan is adopted by init or a subreaper
+        await asyncio.sleep(WATCH_INTERVAL)
+    logging.getLogger("tracker").warning("the supervisor (pid %d) is gone: stopping",
+                                         supervisor)
+    stop()
 
 
 def _stop_all(workers: list[subprocess.Popen[str]]) -> None:
