@@ -300,6 +300,8 @@ async def _main(args: argparse.Namespace, head: HeadStart | None = None) -> int:
             for note in plan.notes:
                 log.warning("%s", note)
             if plan.stream:
+                if head is not None:
+                    head.close()  # no size, so no spans: nothing early is of use
                 result = await fetch_stream(plan, out, http, started,
                                             client_config.rate_limit(cfg))
             else:

@@ -141,8 +141,12 @@ class HeadStart:
         # an unread receive buffer that holds back TCP's ramp-up.
         self._switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
-        for e in self.early:
-            e.thread = _Thread(self._fetch, e)
+        try:
+            for e in self.early:
+                e.thread = _Thread(self._fetch, e)
+        except BaseException:  # no thread to spare: the ones started stop, nothing stays
+            self.close()
+            raise
 
     def _fetch(self, e: Early) -> None:
         try:

@@ -276,6 +276,7 @@ class _Request:
         "marks",
         "source",
         "started",
+        "timed",
     )
 
     def __init__(self, id: int, conn: int, source: int, first: int, end: int,
@@ -293,6 +294,9 @@ class _Request:
         self.got_in_cursor = 0  # bytes received of the piece at `cursor`
         self.last_byte: float | None = None
         self.held = False  # held back by the shell's rate limit: not stalled
+        # Whether its wait for the first bytes is the source's latency: not on a new
+        # connection (the connect comes first) nor after our own rate limit held it.
+        self.timed = False
         # Two marks (time, got), at least a rate window apart: what it received lately.
         self.marks: list[tuple[float, int]] = []
 
@@ -445,6 +449,7 @@ class Scheduler:
                 req = self.requests.get(rid)
                 if req is not None:
                     req.held = held
+                    req.timed &= not held
                     if not held and req.last_byte is not None:
                         req.last_byte = self.clock()  # the stall clock restarts now
                 return []
@@ -563,7 +568,7 @@ class Scheduler:
         if req is None:
             return
         now = self.clock()
-        if req.last_byte is None:
+        if req.last_byte is None and req.timed:
             src = self.sources[req.source]
             src.latency += LATENCY_WEIGHT * (now - req.started - src.latency)
         req.got += n
@@ -776,6 +781,8 @@ class Scheduler:
             if c is conn or src.dropped or not src.ranges or src.blocked_until > now \
                     or src.in_a_row or c.meter.samples == 0:
                 continue
+            if c.request is None and len(src.conns) > min(src.target, self._limit(src)):
+                continue  # one of these is to close when idle, not take work
             r = self._idle_rate(c, now)
             if r <= rate:
                 continue
@@ -992,6 +999,9 @@ class Scheduler:
     def _fetch(self, conn: _Conn, first: int, end: int, *, buffered: bool) -> Fetch:
         rid = self._new_id()
         req = _Request(rid, conn.id, conn.source, first, end, buffered, self.clock(), first)
+        # A connection that has received before is open: its requests wait one round
+        # trip (an adopted request's first bytes were already in, too).
+        req.timed = conn.meter.first_byte is not None
         self.requests[rid] = req
         conn.request = rid
         conn.meter.resume(req.started)

@@ -128,6 +128,27 @@ def test_the_gil_changes_hands_often_only_while_the_early_answers_are_read():
     assert sys.getswitchinterval() == before
 
 
+def test_no_thread_to_spare_means_no_head_start_and_nothing_left(monkeypatch):
+    import sys
+
+    before = sys.getswitchinterval()
+    started: list[object] = []
+
+    def second_fails(target, arg):
+        if started:
+            raise RuntimeError("can't start new thread")
+        started.append(real(target, arg))
+        return started[-1]
+
+    real = headstart._Thread
+    monkeypatch.setattr(headstart, "_Thread", second_fails)
+    argv = ["http://127.0.0.1:9/f", "http://127.0.0.2:9/f", "-o", "/nonexistent/x"]
+    assert begin(argv, NO_CONFIG) is None
+    assert sys.getswitchinterval() == before
+    started[0].join(5)  # told to stop: it ends (here as soon as its connect is refused)
+    assert not started[0].is_alive()
+
+
 def test_the_early_requests_import_nothing_heavy():
     """Every millisecond before the early requests go out, the mirrors sit idle:
     threading (functools, collections) cost 6 ms, and a str host given to
@@ -137,9 +158,12 @@ def test_the_early_requests_import_nothing_heavy():
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        code = ("import sys; from client.headstart import HeadStart; "
-                f"HeadStart(['http://127.0.0.1:{port}/f']).close(); "
-                "print(sorted({'encodings.idna', 're', 'threading'} & set(sys.modules)))")
+        # (close() does not wait for a thread still connecting: wait for its socket.)
+        code = ("import sys, time; from client.headstart import HeadStart; "
+                f"h = HeadStart(['http://127.0.0.1:{port}/f']); e = h.early[0]\n"
+                "while e.sock is None and e.error is None: time.sleep(0.01)\n"
+                "h.close(); print(sorted({'encodings.idna', 're', 'threading'} & "
+                "set(sys.modules)))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              timeout=60, check=True)
     assert out.stdout.strip() == "[]"

@@ -362,12 +362,25 @@ def test_a_source_latency_follows_its_first_bytes() -> None:
     bytes: 2 ms on a LAN, not the 50 ms guessed."""
     s, now = _sched(pieces=64, initial_connections=1)
     (c,) = _open_conns(s.start())
-    assert s.sources[0].latency == SchedulerConfig().latency_guess
-    for _ in range(20):
+    guess = SchedulerConfig().latency_guess
+    assert s.sources[0].latency == guess
+
+    def one(wait: float, held: bool = False) -> None:
         f = s.handle(ev.ConnectionIdle(c.conn))[0]
         assert isinstance(f, ev.Fetch)
-        now[0] += 0.002
+        if held:
+            s.handle(ev.Throttled(f.request, True))
+        now[0] += wait
+        if held:
+            s.handle(ev.Throttled(f.request, False))
         s.handle(ev.BytesReceived(f.request, PIECE))
         s.handle(ev.PieceDone(f.request, f.first))
         s.handle(ev.RequestEnded(f.request))
+
+    one(0.5)  # a new connection: the connect comes first, that is not the latency
+    assert s.sources[0].latency == guess
+    one(0.5, held=True)  # our own rate limit held it back
+    assert s.sources[0].latency == guess
+    for _ in range(20):
+        one(0.002)
     assert s.sources[0].latency == pytest.approx(0.002, abs=0.001)
