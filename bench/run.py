@@ -30,9 +30,9 @@ Cases
             (--die-mode linkdown: packets vanish, peers see silence)
   sixteen   16 mirrors at 100/50/25/10 Mbit/s (x4)
   loopback  one unshaped source on loopback: raw speed and CPU; `curl -o` is
-            the reference. Outputs go to this machine's disk: mfetch flushes
-            the file (fsync) before it exits, the other tools leave it dirty
-            in the page cache
+            the reference. Outputs go to this machine's disk, left dirty in
+            the page cache by every tool (mfetch flushes only with --sync);
+            before each tool runs, what earlier ones wrote is synced
   loopback-tmpfs
             the same with every output on a tmpfs, so the disk is left out
             and what remains is the network path and the tool's CPU
@@ -623,6 +623,9 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
             cmd = tool.build(tool_urls, out)
             log(f"[{case.name}] {label}: timeout {timeout:.0f}s: {' '.join(cmd)}")
             so, se = WORK / "out.stdout", WORK / "out.stderr"
+            # What earlier tools (and cases) wrote goes to disk now, not during this
+            # tool's run: the one that came first in a case paid for the writeback.
+            os.sync()
             code, wall, ru, rss_kib, fired = run_tool(cmd, timeout, so, se,
                                                       WORK / "out.rusage", events)
             event_at = fired[0] if fired else None
