@@ -115,6 +115,15 @@ class Early:
         """Where in the file the answer's body ends (with probe(), once usable)."""
         return self.first + self.body_end - self.head_len
 
+    def free(self) -> None:
+        """Give the buffer's memory back; if a view of it is still held (a caller's,
+        or a traceback's being unwound), the memory goes with that view instead."""
+        if not self.buf.closed:
+            try:
+                self.buf.close()
+            except BufferError:
+                pass
+
     def rest(self, offset: int) -> EarlyBody | None:
         """The rest of this answer from file offset `offset` on, to read on the event
         loop (after :meth:`HeadStart.stop`), or None if there is none to read."""
@@ -212,10 +221,7 @@ class HeadStart:
             if e.sock is not None:
                 e.sock.close()
             if not e.adopted and (e.thread is None or not e.thread.is_alive()):
-                try:
-                    e.buf.close()
-                except BufferError:  # a view is still held (an error being unwound)
-                    pass
+                e.free()
 
     # ---- after start-up (client/cli.py); heavy modules are loaded by now ----
 
@@ -369,11 +375,7 @@ class EarlyBody:
         if self._early_view is not None:
             self._early_view.release()
             self._early_view = None
-        if not self.e.buf.closed:
-            try:
-                self.e.buf.close()
-            except BufferError:  # a caller still holds a view: the memory goes with it
-                pass
+        self.e.free()
 
 
 class _Thread:

@@ -280,7 +280,7 @@ class _Request:
     )
 
     def __init__(self, id: int, conn: int, source: int, first: int, end: int,
-                 buffered: bool, started: float, cursor: int) -> None:
+                 buffered: bool, started: float, cursor: int, timed: bool) -> None:
         self.id = id
         self.conn = conn
         self.source = source
@@ -296,7 +296,7 @@ class _Request:
         self.held = False  # held back by the shell's rate limit: not stalled
         # Whether its wait for the first bytes is the source's latency: not on a new
         # connection (the connect comes first) nor after our own rate limit held it.
-        self.timed = False
+        self.timed = timed
         # Two marks (time, got), at least a rate window apart: what it received lately.
         self.marks: list[tuple[float, int]] = []
 
@@ -998,10 +998,10 @@ class Scheduler:
 
     def _fetch(self, conn: _Conn, first: int, end: int, *, buffered: bool) -> Fetch:
         rid = self._new_id()
-        req = _Request(rid, conn.id, conn.source, first, end, buffered, self.clock(), first)
         # A connection that has received before is open: its requests wait one round
         # trip (an adopted request's first bytes were already in, too).
-        req.timed = conn.meter.first_byte is not None
+        req = _Request(rid, conn.id, conn.source, first, end, buffered, self.clock(), first,
+                       timed=conn.meter.first_byte is not None)
         self.requests[rid] = req
         conn.request = rid
         conn.meter.resume(req.started)
