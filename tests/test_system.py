@@ -165,11 +165,18 @@ def test_agent_serving_wrong_bytes_is_dropped(swarm, tmp_path):
     tracker, agents, data = swarm
     # Corrupt agent 0's copy behind its back: same size, inode and mtime, so it
     # still vouches for the old hashes while sending other bytes.
+    # The agent is stopped meanwhile: a rescan between the write and the utime saw a
+    # new mtime, and the agent then announced the zeros as another content (once in
+    # CI, when mfetch found only the two honest agents).
     victim = tmp_path / "agent0" / "of.tar.gz"
     st = victim.stat()
-    with open(victim, "r+b") as f:
-        f.write(bytes(len(data)))
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.kill(agents[0].popen.pid, signal.SIGSTOP)
+    try:
+        with open(victim, "r+b") as f:
+            f.write(bytes(len(data)))
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.kill(agents[0].popen.pid, signal.SIGCONT)
     out = tmp_path / "out"
     s = summary(mfetch("of.tar.gz", "--tracker", tracker.address, "-o", str(out), "--json"))
     assert out.read_bytes() == data
