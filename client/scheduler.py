@@ -867,7 +867,7 @@ class Scheduler:
         if my_rate <= 0:
             return [Wait(conn.id)]
         thief = self.sources[conn.source]
-        victims: list[tuple[float, _Request]] = []
+        victims: list[tuple[float, float, _Request]] = []  # (time left, rate, request)
         for req in self.requests.values():
             if req.buffered or req.source == conn.source and not self.sources[req.source].ranges:
                 continue
