@@ -40,7 +40,13 @@ Cases
             one loopback source, mfetch with 32 connections (mfetch-32) and
             aria2c tuned: peak RSS must stay flat as the file grows 1 -> 4 GiB
 
-Measurements per tool and case
+Every case runs in rounds (--repeat, 3 by default): each round runs every tool
+once, the order turned by one each round, so no tool always goes first. This
+machine's CPU and loopback speed drift 10-40% over minutes; a median of runs
+taken side by side is the fair comparison, and the range shows the drift.
+
+Measurements per tool and case (the table: the median over the rounds, and the
+range in brackets; peak RSS: the highest)
   wall      seconds from spawn to exit (monotonic clock)
   cpu       user+sys seconds of the child (os.wait4 rusage, includes its
             reaped descendants)
@@ -77,6 +83,7 @@ import resource
 import select
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -442,6 +449,7 @@ class Result:
     event_at: float | None = None
     note: str = ""
     sources: list[dict] = field(default_factory=list)
+    run: int = 1  # which round of the case (--repeat)
 
     @property
     def efficiency(self) -> float | None:
@@ -578,7 +586,11 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
         urls = [m.url(data.name) for m in topo.mirrors]
         meta["urls"] = urls
         r0_all = sum(case.rates) * 1e6 / 8 if case.rates else 0.0
-        runs = [(t, k) for t in case.tools if not only or t in only for k in range(repeat)]
+        # Round k runs every tool once, the order turned by k: no tool always runs
+        # first (after the topology came up) or right after a given other one.
+        names = [t for t in case.tools if not only or t in only]
+        runs = [(names[(i + k) % len(names)], k) for k in range(repeat)
+                for i in range(len(names))]
         for tname, k in runs:
             tool = tools[tname]
             label = f"{tname} #{k + 1}" if repeat > 1 else tname
@@ -649,9 +661,9 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                 note = f"size {out.stat().st_size}"
             else:
                 res = "right"
-            r = Result(label, res, wall, ru.ru_utime + ru.ru_stime,
+            r = Result(tname, res, wall, ru.ru_utime + ru.ru_stime,
                        rss_kib / 1024 if rss_kib is not None else None,
-                       code, ideal, event_at, note)
+                       code, ideal, event_at, note, run=k + 1)
             if tname == "mfetch" and code is not None:
                 try:
                     summary = json.loads(so.read_text())
@@ -686,6 +698,66 @@ def empty_dir(d: Path) -> None:
 
 
 def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
+    """The case's table: one row per run, or with --repeat one row per tool giving
+    the median of its runs and, in brackets, their range."""
+    by_tool: dict[str, list[Result]] = {}
+    for r in results:
+        by_tool.setdefault(r.tool, []).append(r)
+    if all(len(rs) == 1 for rs in by_tool.values()):
+        return _single_table(results, size)
+    rows = ["| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for tool, runs in by_tool.items():
+        if runs[0].result.startswith("skipped"):
+            rows.append(f"| {tool} | {runs[0].result} | | | | | | |")
+            continue
+        right = [r for r in runs if r.result == "right"]
+        counted = right or runs  # medians of the right runs, if any
+        outcomes: dict[str, int] = {}
+        for r in runs:
+            outcomes[r.result] = outcomes.get(r.result, 0) + 1
+        result = ", ".join(f"{o} {n}/{len(runs)}" for o, n in outcomes.items())
+        wall = [r.wall for r in counted]
+        cpu = [r.cpu for r in counted]
+        mbs = f"{size / statistics.median(wall) / 1e6:.1f}" if right else "-"
+        rss = [r.rss_mib for r in runs if r.rss_mib is not None]
+        ideals = [r.ideal for r in counted if r.ideal is not None]
+        effs = [e for r in right if (e := r.efficiency) is not None]
+        rows.append(f"| {tool} | {result} | {_spread(wall, 3)} | {mbs} | {_spread(cpu, 2)} | "
+                    f"{f'{max(rss):.0f}' if rss else '-'} | "
+                    f"{f'{statistics.median(ideals):.3f}' if ideals else '-'} | "
+                    f"{_spread(effs, 3) if effs else '-'} |")
+        each = "; ".join(f"#{r.run} {r.result} {r.wall:.3f}/{r.cpu:.2f}"
+                         + (f"/{r.efficiency:.3f}" if r.efficiency is not None else "")
+                         + (f" event at {r.event_at:.2f}s" if r.event_at is not None else "")
+                         + (f" ({r.note})" if r.note else "")
+                         for r in sorted(runs, key=lambda r: r.run))
+        notes.append(f"{tool} runs (wall s / CPU s / efficiency): {each}")
+        typical = min(counted, key=lambda r: abs(r.wall - statistics.median(wall)))
+        if typical.sources:
+            notes.append(f"{tool} per source (run #{typical.run}): "
+                         + _per_source(typical.sources))
+    rows.append("")
+    rows += [f"- {n}" for n in notes]
+    return rows
+
+
+def _spread(xs: list[float], digits: int) -> str:
+    """The median of `xs`, with their range in brackets when there are several."""
+    m = f"{statistics.median(xs):.{digits}f}"
+    return m if len(xs) == 1 else f"{m} ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+
+
+def _per_source(sources: list[dict]) -> str:
+    return ", ".join(f"{s.get('url', '?').split('//')[-1].split('/')[0]}="
+                     f"{s.get('bytes', 0) / 1e6:.0f}MB"
+                     + (" dropped" if s.get("dropped") else "")
+                     + (f" fail={s['failures']}" if s.get("failures") else "")
+                     for s in sources)
+
+
+def _single_table(results: list[Result], size: int) -> list[str]:
     rows = ["| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -705,12 +777,7 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
         if r.note:
             notes.append(f"{r.tool}: {r.note}")
         if r.sources:
-            parts = [f"{s.get('url', '?').split('//')[-1].split('/')[0]}="
-                     f"{s.get('bytes', 0) / 1e6:.0f}MB"
-                     + (" dropped" if s.get("dropped") else "")
-                     + (f" fail={s['failures']}" if s.get("failures") else "")
-                     for s in r.sources]
-            notes.append(f"{r.tool} per source: " + ", ".join(parts))
+            notes.append(f"{r.tool} per source: " + _per_source(r.sources))
     if notes:
         rows.append("")
         rows += [f"- {n}" for n in notes]
@@ -761,7 +828,7 @@ def machine_info(mfetch_bin: str) -> dict[str, str]:
 
 def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result], dict]],
                   argv: list[str], die_mode: str,
-                  event_fraction: float = EVENT_FRACTION) -> None:
+                  event_fraction: float = EVENT_FRACTION, repeat: int = 1) -> None:
     doc = __doc__ or ""
     formula = doc[doc.index("Ideal time and efficiency"):].strip()
     lines = ["# mfetch benchmark results", "",
@@ -796,6 +863,13 @@ def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result],
         "failed = non-zero exit, signal, or timeout "
         "(timeout = max(30 s, 4 x expected ideal + 10 s))."
     )
+    if repeat > 1:
+        method += (
+            f" Each case ran in {repeat} rounds, every tool once per round, the order "
+            "turned by one each round. A row gives the median of the tool's right runs "
+            "(of all its runs if none was right) and their range in brackets; peak RSS "
+            "is the highest of the runs; each run's efficiency uses its own event time. "
+            "The notes list every run.")
     lines += ["", topology, "", "Tool settings:", "", *settings, "", method, "",
               "```", formula, "```", ""]
     for case, results, meta in blocks:
@@ -821,8 +895,10 @@ def main() -> int:
                     "mfetch,aria2c,aria2c-tuned,axel,curl")
     ap.add_argument("--mfetch", default=str(REPO / ".venv" / "bin" / "mfetch"),
                     help="path of the mfetch command")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="run every tool N times per case (one row per run)")
+    ap.add_argument("--repeat", type=int, metavar="N",
+                    help="rounds per case, each running every tool once in a turned order; "
+                         "the table gives each tool's median and range (default 3, 1 with "
+                         "--quick)")
     ap.add_argument("--die-mode", choices=["kill", "linkdown"], default="kill")
     ap.add_argument("--event-at", type=float, default=EVENT_FRACTION, metavar="FRACTION",
                     help="when the stall or death comes, as a fraction of the nominal ideal "
@@ -878,6 +954,9 @@ def main() -> int:
     results_path = args.results or (WORK / "RESULTS-quick.md" if args.quick
                                     else HERE / "RESULTS.md")
 
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        ap.error("--repeat must be at least 1")
     blocks = []
     t_start = time.monotonic()
     try:
@@ -886,7 +965,7 @@ def main() -> int:
                 continue
             size = args.size or (case.quick_size if args.quick else case.size)
             results, meta = run_case(case, size, tools, only, args.timeout_factor,
-                                     args.die_mode, args.min_timeout, args.repeat,
+                                     args.die_mode, args.min_timeout, repeat,
                                      args.event_at)
             blocks.append((case, results, meta))
             print(f"\n## {case.name}: {case.desc} ({size / MIB:.0f} MiB)\n")
@@ -904,7 +983,7 @@ def main() -> int:
         if blocks:
             results_path.parent.mkdir(parents=True, exist_ok=True)
             write_results(results_path, machine_info(args.mfetch), blocks,
-                          sys.argv[1:], args.die_mode, args.event_at)
+                          sys.argv[1:], args.die_mode, args.event_at, repeat)
             log(f"wrote {results_path} (total {time.monotonic() - t_start:.0f}s)")
     return 0
 
