@@ -365,6 +365,8 @@ class Scheduler:
         first (random among equals) from the start, as when a partial holder is known:
         for a fetcher that shares its download, so that fetchers starting together
         ask the origin for different pieces before they know of each other."""
+        if piece_size <= 0 or pieces != -(-size // piece_size):
+            raise ValueError(f"{size} bytes do not make {pieces} pieces of {piece_size}")
         self.cfg = config or SchedulerConfig()
         self.clock = clock
         self.rng = rng or random.Random()
