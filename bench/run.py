@@ -32,9 +32,7 @@ Cases
   loopback  one unshaped source on loopback: raw speed and CPU; `curl -o` is
             the reference. Outputs go to this machine's disk, left dirty in
             the page cache by every tool (mfetch flushes only with --sync);
-            before each tool runs, what earlier ones wrote is synced (and, in
-            every case, the served file is read through: it starts in the
-            page cache)
+            before each tool runs, what earlier ones wrote is synced
   loopback-tmpfs
             the same with every output on a tmpfs, so the disk is left out
             and what remains is the network path and the tool's CPU
@@ -42,13 +40,17 @@ Cases
             one loopback source, mfetch with 32 connections (mfetch-32) and
             aria2c tuned: peak RSS must stay flat as the file grows 1 -> 4 GiB
 
-Every case runs in rounds (--repeat, 3 by default): each round runs every tool
-once, the order turned by one each round, so no tool always goes first. This
-machine's CPU and loopback speed drift 10-40% over minutes; a median of runs
-taken side by side is the fair comparison, and the range shows the drift.
+Every case runs in rounds (--repeat, 3 by default, 1 with --quick): each round
+runs every installed tool once, the order turned by one each round, so no tool
+always goes first. This machine's CPU and loopback speed drift 10-40% over
+minutes; a median of runs taken side by side is the fair comparison, and the
+range shows the drift. Before each run the served file is read through, so it
+is in the page cache whichever tool comes first.
 
-Measurements per tool and case (the table: the median over the rounds, and the
-range in brackets; peak RSS: the highest)
+Measurements per tool and case (the table: the median over the tool's right
+runs, or over all of them if none was right, with the range in brackets; peak
+RSS: the highest of all runs; result: how many runs ended which way, e.g.
+"right 3/3" or "right 2/3, WRONG 1/3")
   wall      seconds from spawn to exit (monotonic clock)
   cpu       user+sys seconds of the child (os.wait4 rusage, includes its
             reaped descendants)
@@ -599,18 +601,24 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
         urls = [m.url(data.name) for m in topo.mirrors]
         meta["urls"] = urls
         r0_all = sum(case.rates) * 1e6 / 8 if case.rates else 0.0
-        # Round k runs every tool once, the order turned by k: no tool always runs
-        # first (after the topology came up) or right after a given other one.
-        names = [t for t in case.tools if not only or t in only]
+        # Round k runs every installed tool once, the order turned by k: with two
+        # rounds or more no tool always runs first (the first run of all, right after
+        # the topology came up, is still the first listed: every tool's served file
+        # is warm, see warm()). The cyclic order stays: a tool always follows the same
+        # other one within a round.
+        names = []
+        for t in case.tools:
+            if only and t not in only:
+                continue
+            if shutil.which(tools[t].binary) is None and not Path(tools[t].binary).is_file():
+                results.append(Result(t, "skipped (not installed)", 0, 0, 0, None, None))
+            else:
+                names.append(t)
         runs = [(names[(i + k) % len(names)], k) for k in range(repeat)
                 for i in range(len(names))]
         for tname, k in runs:
             tool = tools[tname]
             label = f"{tname} #{k + 1}" if repeat > 1 else tname
-            if shutil.which(tool.binary) is None and not Path(tool.binary).is_file():
-                if k == 0:
-                    results.append(Result(tname, "skipped (not installed)", 0, 0, 0, None, None))
-                continue
             topo.reset()
             empty_dir(out_dir)
             out = out_dir / data.name
@@ -925,6 +933,9 @@ def main() -> int:
                          "bench/work/RESULTS-quick.md with --quick)")
     ap.add_argument("--cleanup", action="store_true", help="only remove leftovers and exit")
     args = ap.parse_args()
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        ap.error("--repeat must be at least 1")
 
     if os.geteuid() != 0:
         log("bench/run.py needs root (ip netns, tc)")
@@ -968,9 +979,6 @@ def main() -> int:
     results_path = args.results or (WORK / "RESULTS-quick.md" if args.quick
                                     else HERE / "RESULTS.md")
 
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-    if repeat < 1:
-        ap.error("--repeat must be at least 1")
     blocks = []
     t_start = time.monotonic()
     try:
