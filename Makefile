@@ -4,7 +4,7 @@
 #   make demo        tracker + 3 agents on 127.0.0.1, fetch one file from all of them
 #   make test        the whole test suite
 #   make lint        ruff + mypy on the packages
-#   make bench       benchmark over shaped links (root: network namespaces)
+#   make bench       benchmark over shaped links, 3 rounds per case (root: network namespaces)
 #   make bench-tracker  tracker load test, SQLite and Redis (needs redis-server)
 #   make bench-swarm    one origin, eight fetchers feeding each other (root: namespaces)
 #   make fuzz        fuzz the Range parser and the tracker's validation, FUZZ_SECONDS each
