@@ -384,3 +384,49 @@ def test_a_source_latency_follows_its_first_bytes() -> None:
     for _ in range(20):
         one(0.002)
     assert s.sources[0].latency == pytest.approx(0.002, abs=0.001)
+
+
+def test_a_piece_count_that_does_not_fit_the_size_is_refused() -> None:
+    """_bytes_left counts the short last piece from size and piece size: a scheduler
+    given a count they do not make would count wrong, so it refuses it."""
+    with pytest.raises(ValueError, match="35 bytes do not make 5 pieces of 10"):
+        Scheduler(5, 10, 35, 1, clock=lambda: 0.0)
+    assert Scheduler(4, 10, 35, 1, clock=lambda: 0.0).pieces == 4
+    assert Scheduler(0, 10, 0, 1, clock=lambda: 0.0).pieces == 0
+
+
+def test_bytes_left_counts_the_pieces_not_done_and_the_short_last_one() -> None:
+    """The O(1) count agrees with the sum over the pieces, for every range, with
+    pieces done (by a duplicate) inside it, a short last piece or none."""
+    import random
+
+    from client.scheduler import _Request
+
+    rng = random.Random(7)
+    for size in (35, 40, 1):
+        piece = 10
+        pieces = -(-size // piece)
+        for _ in range(200):
+            s = Scheduler(pieces, piece, size, 1, clock=lambda: 0.0)
+            for p in range(pieces):
+                s.done[p] = rng.random() < 0.3
+            first = rng.randrange(pieces + 1)
+            end = rng.randrange(pieces + 1)
+            req = _Request(1, 1, 0, first, end, False, 0.0, first, True)
+            want = sum(min(piece, size - p * piece) for p in range(first, end) if not s.done[p])
+            assert s._bytes_left(req) == want, (size, list(s.done), first, end)
+
+
+def test_a_meter_answers_again_for_the_same_instant_only_until_it_changes() -> None:
+    """RateMeter.value keeps its answer for an instant; bytes added, a stop or a
+    resume at that same instant must show in the next answer."""
+    from client.scheduler import RateMeter
+
+    m = RateMeter(0.5, 0.0)
+    m.add(1000, 0.0)
+    assert m.value(0.1) == pytest.approx(10_000)
+    m.add(1000, 0.1)  # the same instant: the answer changes with the bytes
+    assert m.value(0.1) == pytest.approx(20_000)
+    m.stop(0.1)
+    m.resume(0.3)  # the idle 0.2 s is left out: at 0.3 the meter reads as at 0.1
+    assert m.value(0.3) == pytest.approx(20_000)
