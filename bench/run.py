@@ -348,8 +348,9 @@ def make_file(size: int) -> tuple[Path, str]:
 def warm(p: Path) -> None:
     """Read `p` through, so its pages are in the page cache when a tool asks nginx
     for them. The data files stay on disk between runs, and a case's outputs (up to
-    4 GiB each) evict them: the first tool of a case then waited for the disk (in one
-    run 4.9 s on loopback against 2.7-3.1 s for the same tool's later rounds)."""
+    4 GiB each) evict them: the first tool of a case could wait for the disk (in one
+    run it took 4.9 s on loopback against 2.7-3.1 s for the same tool's later rounds,
+    part of which was the other handicap of a first run: see run_case's warm-up)."""
     buf = bytearray(8 * MIB)
     with open(p, "rb", buffering=0) as fh:
         while fh.readinto(buf):
