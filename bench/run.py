@@ -730,6 +730,10 @@ def empty_dir(d: Path) -> None:
 # ----------------------------------------------------------------------- reports
 
 
+TABLE_HEAD = ("| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
+              "|---|---|---:|---:|---:|---:|---:|---:|")
+
+
 def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
     """The case's table: one row per run, or with --repeat one row per tool giving
     the median of its runs and, in brackets, their range."""
@@ -738,8 +742,7 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
         by_tool.setdefault(r.tool, []).append(r)
     if all(len(rs) == 1 for rs in by_tool.values()):
         return _single_table(results, size)
-    rows = ["| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = list(TABLE_HEAD)
     notes = []
     for tool, runs in by_tool.items():
         if runs[0].result.startswith("skipped"):
@@ -752,8 +755,9 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
             outcomes[r.result] = outcomes.get(r.result, 0) + 1
         result = ", ".join(f"{o} {n}/{len(runs)}" for o, n in outcomes.items())
         wall = [r.wall for r in counted]
+        mid = statistics.median(wall)
         cpu = [r.cpu for r in counted]
-        mbs = f"{size / statistics.median(wall) / 1e6:.1f}" if right else "-"
+        mbs = f"{size / mid / 1e6:.1f}" if right else "-"
         rss = [r.rss_mib for r in runs if r.rss_mib is not None]
         ideals = [r.ideal for r in counted if r.ideal is not None]
         effs = [e for r in right if (e := r.efficiency) is not None]
@@ -767,7 +771,7 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
                          + (f" ({r.note})" if r.note else "")
                          for r in sorted(runs, key=lambda r: r.run))
         notes.append(f"{tool} runs (wall s / CPU s / efficiency): {each}")
-        typical = min(counted, key=lambda r: abs(r.wall - statistics.median(wall)))
+        typical = min(counted, key=lambda r: abs(r.wall - mid))
         if typical.sources:
             notes.append(f"{tool} per source (run #{typical.run}): "
                          + _per_source(typical.sources))
@@ -791,8 +795,7 @@ def _per_source(sources: list[dict]) -> str:
 
 
 def _single_table(results: list[Result], size: int) -> list[str]:
-    rows = ["| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = list(TABLE_HEAD)
     for r in results:
         if r.result.startswith("skipped"):
             rows.append(f"| {r.tool} | {r.result} | | | | | | |")
