@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from client import events as ev
+from client import wire
 from client.http import (
     TRANSIENT_ERRORS,
     HttpClient,
@@ -108,46 +109,40 @@ class PieceSink:
     def complete(self) -> bool:
         return self.piece >= self.f.sched.request_end(self.req.request)
 
-    async def feed(self, data: memoryview, behind: bool = False) -> bool:
-        """Take a chunk (a view the caller keeps valid until this returns); False once
-        the request has everything it must deliver. `behind`: more bytes were already
-        waiting when this chunk was read (the loop, not the network, is the limit)."""
-        view = data
-        if self.skip:
-            n = min(self.skip, len(view))
-            self.skip -= n
-            view = view[n:]
-        plan, sched, f = self.f.plan, self.f.sched, self.f
-        end = sched.request_end(self.req.request)
-        segs: list[_Seg] = []
-        pos, piece = self.pos, self.piece
-        while view and piece < end:
-            piece_end = min((piece + 1) * plan.piece_size, plan.size)
-            part = view[: piece_end - pos]
-            # Not over a piece already verified and written (by a tail duplicate whose
-            # write just ended, before the scheduler heard of it), nor one being written.
-            write = self.bufs is None and sched.may_write(self.req.request, piece) \
-                and piece not in f.finalizing and not f.store.done[piece]
-            pos += len(part)
-            segs.append(_Seg(pos - len(part), part, write, pos == piece_end))
-            view = view[len(part):]
-            if pos == piece_end:
-                piece += 1
-        if not segs:
-            return not self.complete
-        # The thread only when there is hashing to overlap: for bytes that are only
-        # written, a hop per chunk cost more CPU than it saved time (1 GiB on
-        # loopback, 2 connections: 2.0 CPU s threaded, 1.5 inline, same wall time).
-        digests, self.hasher = await f.writer.run(_absorb, f.store, segs, self.hasher,
-                                                  self.bufs,
-                                                  busy=behind and self.hasher is not None,
-                                                  nbytes=sum(len(x.data) for x in segs))
+    @property
+    def plain(self) -> bool:
+        """Nothing to hash nor to hold: the bytes only go to the file."""
+        return self.hasher is None and self.bufs is None
+
+    async def feed(self, data: memoryview | int, behind: bool = False,
+                   piped: wire.Response | None = None) -> bool:
+        """Take a chunk: a view the caller keeps valid until this returns, or (an int)
+        that many bytes waiting in `piped`'s pipe (wire.Response.splice; a plain sink
+        only), all of which leave it before this returns. False once the request has
+        everything it must deliver. `behind`: more bytes were already waiting when this
+        chunk was read (the loop, not the network, is the limit)."""
+        size = data if isinstance(data, int) else len(data)
+        skip = min(self.skip, size)
+        self.skip -= skip
+        segs = self._cut(size - skip)
+        f, sched = self.f, self.f.sched
+        digests: list[bytes] = []
+        if isinstance(data, int):
+            assert piped is not None and self.plain
+            _drain(f.store, piped, skip, segs, size)
+        elif segs:
+            # The thread only when there is hashing to overlap: for bytes that are only
+            # written, a hop per chunk cost more CPU than it saved time (1 GiB on
+            # loopback, 2 connections: 2.0 CPU s threaded, 1.5 inline, same wall time).
+            digests, self.hasher = await f.writer.run(
+                _absorb, f.store, data[skip:], segs, self.hasher, self.bufs,
+                busy=behind and self.hasher is not None, nbytes=size - skip)
         counted = 0
         for seg in segs:
             if self.piece >= sched.request_end(self.req.request):
                 break
-            self.pos += len(seg.data)
-            counted += len(seg.data)
+            self.pos += seg.size
+            counted += seg.size
             if seg.ends_piece:
                 f.emit(ev.BytesReceived(self.req.request, counted))
                 counted = 0
@@ -156,6 +151,27 @@ class PieceSink:
         if counted:
             f.emit(ev.BytesReceived(self.req.request, counted))
         return not self.complete
+
+    def _cut(self, n: int) -> list[_Seg]:
+        """The next `n` bytes of the body, cut at the pieces' ends, up to the request's
+        end (bytes beyond it are not this request's any more: it was truncated)."""
+        plan, sched, f = self.f.plan, self.f.sched, self.f
+        end = sched.request_end(self.req.request)
+        segs: list[_Seg] = []
+        pos, piece = self.pos, self.piece
+        while n and piece < end:
+            piece_end = min((piece + 1) * plan.piece_size, plan.size)
+            size = min(n, piece_end - pos)
+            # Not over a piece already verified and written (by a tail duplicate whose
+            # write just ended, before the scheduler heard of it), nor one being written.
+            write = self.bufs is None and sched.may_write(self.req.request, piece) \
+                and piece not in f.finalizing and not f.store.done[piece]
+            segs.append(_Seg(pos, size, write, pos + size == piece_end))
+            pos += size
+            n -= size
+            if pos == piece_end:
+                piece += 1
+        return segs
 
     async def _piece_complete(self, digest: bytes | None) -> bool:
         """Check the piece that just ended; False if it was bad."""
@@ -194,24 +210,27 @@ class _Seg(NamedTuple):
     (A NamedTuple: one is made per chunk, and it is cheaper to make and to define.)"""
 
     pos: int
-    data: memoryview
+    size: int
     write: bool
     ends_piece: bool
 
 
-def _absorb(store: PartFile, segs: list[_Seg], hasher: hashlib._Hash | None,
+def _absorb(store: PartFile, view: memoryview, segs: list[_Seg], hasher: hashlib._Hash | None,
             bufs: list[bytearray] | None) -> tuple[list[bytes], hashlib._Hash | None]:
-    """Hash and write (or buffer) `segs`; returns the digests of the pieces they end,
-    in order, and the hasher of the piece that goes on. Runs in the writer thread:
-    hashlib and os.pwrite release the GIL on large buffers."""
+    """Hash and write (or buffer) `view`, cut in `segs`; returns the digests of the
+    pieces they end, in order, and the hasher of the piece that goes on. Runs in the
+    writer thread: hashlib and os.pwrite release the GIL on large buffers."""
     digests = []
+    at = 0
     for seg in segs:
+        data = view[at:at + seg.size]
+        at += seg.size
         if hasher is not None:
-            hasher.update(seg.data)
+            hasher.update(data)
         if bufs is not None:
-            bufs[-1] += seg.data
+            bufs[-1] += data
         elif seg.write:
-            store.pwrite(seg.pos, seg.data)
+            store.pwrite(seg.pos, data)
         if seg.ends_piece:
             if hasher is not None:
                 digests.append(hasher.digest())
@@ -219,6 +238,23 @@ def _absorb(store: PartFile, segs: list[_Seg], hasher: hashlib._Hash | None,
             if bufs is not None:
                 bufs.append(bytearray())
     return digests, hasher
+
+
+def _drain(store: PartFile, piped: wire.Response, skip: int, segs: list[_Seg],
+           size: int) -> None:
+    """Move the `size` bytes in `piped`'s pipe out: `segs` to the file (or away, for a
+    piece another request wrote), the `skip` before them and whatever is past them
+    away. On the loop: the kernel does the copying, and nothing is hashed."""
+    if skip:
+        piped.pipe_drop(skip)
+    for seg in segs:
+        if seg.write:
+            store.write_piped(piped, seg.pos, seg.size)
+        else:
+            piped.pipe_drop(seg.size)
+    rest = size - skip - sum(seg.size for seg in segs)
+    if rest:
+        piped.pipe_drop(rest)
 
 
 class _Writer:
@@ -313,6 +349,7 @@ class Fetcher:
         self.blamed: dict[int, str] = {}  # sources found lying after the fact
         self._flushing: asyncio.Future[None] | None = None
         self.writer = _Writer()
+        self.spliced = 0  # body bytes moved from a socket to the file by splice(2)
         self.finalizing: set[int] = set()  # verified copies on their way to the disk
         # Answers under way before the start (head start): source, pieces, the body.
         self._adopted: list[tuple[int, int, int, Body]] = []
@@ -387,6 +424,7 @@ class Fetcher:
                                  return_exceptions=True)
             self.writer.close()  # nothing is queued: every job was awaited
             await self._checkpoint()
+            log.debug("%d bytes went from the socket to the file by splice(2)", self.spliced)
         if failure:
             if digest:
                 digest.cancel()
@@ -578,11 +616,22 @@ class Fetcher:
         """Feed `resp`'s body to `f`'s pieces (after `skip` bytes that come before them)."""
         sink = PieceSink(self, f, skip=skip)
         length = resp.content_length
+        # Bytes that are only written (no piece hash to check, no rate to keep) go from
+        # the socket to the file by splice(2) whenever the response allows.
+        piped = resp if isinstance(resp, wire.Response) and sink.plain \
+            and self.limit is None else None
         try:
             while True:
                 if length is not None:
                     resp.set_lowat(_low_water(length - resp.received,
                                               self.sched.connection_rate(f.conn)))
+                if piped is not None:
+                    n = await piped.splice()
+                    if n is not None:
+                        self.spliced += n
+                        if not n or not await sink.feed(n, piped=piped):
+                            break
+                        continue
                 chunk = await resp.read_view()
                 if chunk is None:
                     break

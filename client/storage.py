@@ -25,8 +25,17 @@ import os
 import pathlib
 import shutil
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from common.errors import StorageError
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Piped(Protocol):
+        """Bytes waiting in a pipe (client/wire.py's Response.splice)."""
+
+        def pipe_to(self, fd: int, offset: int, n: int) -> None: ...
 
 CONTROL_VERSION = 1
 
@@ -138,6 +147,14 @@ class PartFile:
             except OSError as e:
                 raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
             view, offset = view[n:], offset + n
+
+    def write_piped(self, body: Piped, offset: int, n: int) -> None:
+        """Move `n` bytes waiting in `body`'s pipe (client/wire.py's splice) to `offset`.
+        Raises StorageError (e.g. the disk is full)."""
+        try:
+            body.pipe_to(self.fd, offset, n)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.part}: {e.strerror}") from None
 
     def pread(self, offset: int, n: int) -> bytes:
         return os.pread(self.fd, n, offset)

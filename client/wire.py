@@ -7,7 +7,10 @@ run. This client receives a body with :class:`asyncio.BufferedProtocol`
 straight into two preallocated buffers per connection (``recv_into``: no
 object per chunk); the consumer gets a ``memoryview`` of one buffer while the
 socket fills the other, so writing and hashing (in a thread, see
-client/fetcher.py) overlap with receiving.
+client/fetcher.py) overlap with receiving. A body that is only to be written
+(nothing to hash) can instead go from the socket to the file by splice(2)
+through a pipe (:meth:`Response.splice`): the kernel copies it once, into the
+page cache, and Python only says where.
 
 The protocol logic is pure and tested alone (as h11 does it, see
 ../shared/style.md): :func:`parse_head` parses a response head,
@@ -34,7 +37,9 @@ request bodies, pipelining, HTTP/2, content decoding (client/stream.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
+import os
 import re
 import socket
 import ssl
@@ -52,6 +57,10 @@ MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
 # mark drops to one byte and what did arrive is read (the scheduler sees it in time).
 LOWAT_PATIENCE = 0.5
 BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connections
+# splice(2) moves a body from the socket to the file through a pipe, never through
+# Python's memory (Linux; see Connection.splice_in).
+SPLICE = hasattr(os, "splice")
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 MAX_FIELDS = 256
 MAX_INTERIM = 16  # informational (1xx) responses accepted before the real one
@@ -286,6 +295,15 @@ class Connection(asyncio.BufferedProtocol):
         self.raw_sock: socket.socket | None = None
         self.idle_since = 0.0
         self.waited = True  # the last take() found nothing received nor queued in the socket
+        # splice_in's: a pipe (read end, write end), its size, a duplicate of the socket's
+        # descriptor to wait on, and how many bytes wait in the pipe to be moved out.
+        self._pipe: tuple[int, int] | None = None
+        self._pipe_size = 0
+        self._splicing = False  # the transport is paused for splice_in until idle()
+        self._dup = -1
+        self._watching: asyncio.AbstractEventLoop | None = None  # _dup is watched
+        self.piped = 0
+        self.splices = SPLICE
 
     # -- asyncio's side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -338,7 +356,7 @@ class Connection(asyncio.BufferedProtocol):
         a body are never read as the next response."""
         return (self.transport is not None and not self.transport.is_closing()
                 and not self._eof and self._exc is None and self._fill == 0
-                and not self._stray and _readable(self.raw_sock) == 0)
+                and not self._stray and self.piped == 0 and _readable(self.raw_sock) == 0)
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -368,6 +386,7 @@ class Connection(asyncio.BufferedProtocol):
     def idle(self) -> None:
         """Back in the pool: read anything (so a close or stray bytes are noticed)."""
         self.want = None
+        self._splicing = False
         self.set_lowat(1)
         self.idle_since = asyncio.get_running_loop().time()
         if self._paused:
@@ -375,8 +394,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def set_lowat(self, value: int) -> None:
         """Wake up only once `value` bytes are readable (SO_RCVLOWAT; see fetcher), or
-        a buffer's worth, or after LOWAT_PATIENCE with whatever came."""
-        value = min(value, self.size)
+        a buffer's worth (a pipe's while splicing), or after LOWAT_PATIENCE with
+        whatever came."""
+        value = min(value, self._pipe_size if self._splicing else self.size)
         if self.sock is not None and value != self._lowat:
             if set_rcvlowat(self.sock, value):
                 self._lowat = value
@@ -386,6 +406,125 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+        if self._watching is not None:  # not watched once closed (its number is reused)
+            self._watching.remove_reader(self._dup)
+            self._watching = None
+        for fd in (*(self._pipe or ()), self._dup):
+            if fd >= 0:
+                os.close(fd)
+        self._pipe, self._dup, self.splices = None, -1, False
+
+    # -- splice: the body from the socket to the file, not through Python
+    def can_splice(self) -> bool:
+        """splice_in may be used now: plain TCP (not TLS), nothing received into the
+        buffers that would come first, and no error or end seen yet."""
+        return (self.splices and self.sock is not None and self._fill == 0
+                and not self._eof and self._exc is None and self.transport is not None
+                and not self.transport.is_closing())
+
+    async def splice_in(self, limit: int) -> int | None:
+        """Move up to `limit` bytes (at most a pipe's worth) from the socket into this
+        connection's pipe, waiting for them as take() does (the wake-up mark, the read
+        timeout); 0 at the end of the stream. They stay there until pipe_to() or
+        pipe_drop() moves them out, which must happen before the next call. None if
+        the kernel will not splice this socket (`splices` turns False: read as usual).
+
+        The kernel moves the pages from the socket to the pipe and copies them from the
+        pipe into the page cache: one copy instead of recv_into's and pwrite's two, and
+        neither through Python's memory. The transport stops reading meanwhile; it
+        reads again once the connection is idle."""
+        assert self.piped == 0 and self._fill == 0 and self.raw_sock is not None
+        if self._pipe is None and not self._open_pipe():
+            return None
+        assert self._pipe is not None
+        self._pause()
+        self._splicing = True
+        while True:
+            if self._exc is not None:
+                raise self._exc
+            sock = self.raw_sock.fileno()  # -1 once closed (the number may be reused)
+            if self._eof or sock < 0:
+                return 0
+            try:
+                n = os.splice(sock, self._pipe[1], min(limit, self._pipe_size),
+                              flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                await self._wait_readable()
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self.splices = False
+                return None
+            self.piped = n
+            return n
+
+    def pipe_to(self, fd: int, offset: int, n: int) -> None:
+        """Move `n` of the bytes in the pipe to file `fd` at `offset`. Raises OSError
+        (the file's: a full disk...); a file system that cannot take a splice gets
+        them by read and pwrite."""
+        assert self._pipe is not None and 0 <= n <= self.piped
+        done = 0
+        while done < n:
+            try:
+                k = os.splice(self._pipe[0], fd, n - done, offset_dst=offset + done)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                data = os.read(self._pipe[0], n - done)
+                k = 0
+                while k < len(data):
+                    k += os.pwrite(fd, data[k:], offset + done + k)
+            if k <= 0:
+                raise OSError(errno.EIO, "the pipe ran dry")
+            self.piped -= k
+            done += k
+
+    def pipe_drop(self, n: int) -> None:
+        """Throw away `n` of the bytes in the pipe (a piece another request wrote)."""
+        assert self._pipe is not None and 0 <= n <= self.piped
+        while n:
+            k = len(os.read(self._pipe[0], min(n, 1 << 20)))
+            if not k:
+                raise OSError(errno.EIO, "the pipe ran dry")
+            self.piped -= k
+            n -= k
+
+    def _open_pipe(self) -> bool:
+        """The pipe, as big as a buffer if the system allows (a pipe holds 16 pages by
+        default), and a duplicate of the socket's descriptor: asyncio watches the
+        transport's own descriptor for the transport only. False (and `splices`
+        False) if there are no descriptors to spare."""
+        assert self.raw_sock is not None
+        try:
+            r, w = os.pipe()
+        except OSError:
+            self.splices = False
+            return False
+        try:
+            self._dup = os.dup(self.raw_sock.fileno())
+        except OSError:
+            os.close(r)
+            os.close(w)
+            self.splices = False
+            return False
+        self._pipe = (r, w)
+        try:
+            self._pipe_size = fcntl.fcntl(w, F_SETPIPE_SZ, BUFFER)
+        except OSError:  # beyond /proc/sys/fs/pipe-max-size or the user's pipe pages
+            self._pipe_size = fcntl.fcntl(w, F_GETPIPE_SZ)
+        return True
+
+    async def _wait_readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._dup, self._wake)
+        self._watching = loop
+        try:
+            await self._wait()
+        finally:
+            if self._watching is not None:  # (close() may have stopped it)
+                self._watching = None
+                loop.remove_reader(self._dup)
 
     def _queued(self) -> int:
         """Bytes waiting in the socket, not yet read (0 under TLS or if unknown)."""
@@ -539,6 +678,39 @@ class Response:
         view = self._queue.pop(0)
         self.received += len(view)
         return view
+
+    async def splice(self) -> int | None:
+        """Move the next part of the body (at most a pipe's worth) into the connection's
+        pipe instead of a buffer (Connection.splice_in); move it out with pipe_to() or
+        pipe_drop(). Its length, 0 at the end of the body; None when this response
+        cannot be spliced now (TLS, no length, chunked, bytes already in a buffer):
+        read_view() then. Raises as read_view() does."""
+        if self._queue or self._chunked is not None or self._left is None \
+                or self._pending is not None:
+            return None
+        if self._done:
+            return 0
+        conn = self._conn
+        if not conn.can_splice():
+            return None
+        n = await conn.splice_in(self._left)
+        if n is None:
+            return None
+        if not n:
+            self._reusable = False
+            raise BodyCutShort("the response body was cut short")
+        self._left -= n
+        conn.want = self._left
+        self.received += n
+        self.waited = True
+        self._check_end()
+        return n
+
+    def pipe_to(self, fd: int, offset: int, n: int) -> None:
+        self._conn.pipe_to(fd, offset, n)
+
+    def pipe_drop(self, n: int) -> None:
+        self._conn.pipe_drop(n)
 
     async def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes of the body (all of it when n < 0) as a copy; b"" at its end."""

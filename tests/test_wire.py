@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import re
 import socket
 import ssl
 import time
@@ -834,3 +836,158 @@ def test_a_plain_url_split_by_hand_gives_urllibs_request():
         split += 1
         assert plain == http1.split_any(url), url
     assert split > 100  # the hand-split path is taken for the common URLs
+
+
+# ---- splice: a body from the socket to a file through a pipe ------------------------
+
+needs_splice = pytest.mark.skipif(not wire.SPLICE, reason="splice(2) is Linux's")
+
+
+async def _splice_body(r: wire.Response, fd: int) -> tuple[int, int]:
+    """Write r's body to `fd` from offset 0 as the fetcher does: spliced whenever the
+    response allows, read otherwise. (bytes in all, bytes spliced)"""
+    at = spliced = 0
+    while True:
+        n = await r.splice()
+        if n is None:
+            v = await r.read_view()
+            if v is None:
+                return at, spliced
+            os.pwrite(fd, v, at)
+            at += len(v)
+        elif n == 0:
+            return at, spliced
+        else:
+            r.pipe_to(fd, at, n)
+            at, spliced = at + n, spliced + n
+
+
+@needs_splice
+async def test_a_spliced_body_is_whole_and_its_connection_kept(tmp_path):
+    body = os.urandom(6 * wire.BUFFER + 12345)
+    async with scripted(keep_alive(body)) as (url, script):
+        c = client()
+        for i in range(2):
+            fd = os.open(tmp_path / f"out{i}", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                async with await c.get(url, []) as r:
+                    got, spliced = await _splice_body(r, fd)
+            finally:
+                os.close(fd)
+            assert got == len(body) and (tmp_path / f"out{i}").read_bytes() == body
+            # At most the two buffers' worth read with the head went the usual way.
+            assert spliced >= len(body) - 2 * wire.BUFFER
+        await c.close()
+    assert script.connections == 1 and c.connections_opened == 1
+
+
+def _head_then(parts: list[bytes], *, end: asyncio.Event | None = None) -> Handler:
+    """A 1 MB body's head, then each of `parts` 0.1 s apart (the client is waiting in a
+    splice by then); then it closes, or waits for `end`."""
+    async def handler(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+        await writer.drain()
+        for part in parts:
+            await asyncio.sleep(0.1)
+            writer.write(part)
+            await writer.drain()
+        if end is not None:
+            await end.wait()
+    return handler
+
+
+@needs_splice
+async def test_a_spliced_body_cut_short_raises_and_the_pipe_is_emptied(tmp_path):
+    async with scripted(_head_then([b"a" * 1000])) as (url, _):
+        c = client()
+        fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            async with await c.get(url, []) as r:
+                assert await r.splice() == 1000  # waited for them, in the pipe
+                r.pipe_to(fd, 0, 1000)
+                with pytest.raises(wire.BodyCutShort):
+                    await _splice_body(r, fd)
+        finally:
+            os.close(fd)
+        await c.close()
+    assert (tmp_path / "out").read_bytes() == b"a" * 1000
+
+
+@needs_splice
+async def test_a_silent_source_times_out_in_a_splice(monkeypatch):
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.1)
+    end = asyncio.Event()
+    async with scripted(_head_then([], end=end)) as (url, _):
+        c = client(read_timeout=0.5)
+        async with await c.get(url, []) as r:
+            r.set_lowat(512 * 1024)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await r.splice()
+            assert time.monotonic() - t0 >= 0.45  # the read timeout, not the patience
+        end.set()
+        await c.close()
+
+
+@needs_splice
+async def test_a_connection_closed_under_a_waiting_splice_ends_it():
+    end = asyncio.Event()
+    async with scripted(_head_then([], end=end)) as (url, _):
+        c = client()
+        r = await c.get(url, [])
+        conn = r.connection
+        waiting = asyncio.ensure_future(r.splice())
+        await asyncio.sleep(0.2)
+        assert not waiting.done() and conn._watching is not None
+        await c.close()
+        with pytest.raises(wire.BodyCutShort):
+            await asyncio.wait_for(waiting, 10)
+        assert conn._watching is None and conn._dup == -1 and conn._pipe is None
+        r.release()
+        end.set()
+
+
+@needs_splice
+def test_bytes_a_file_system_refuses_to_splice_are_written_all_the_same(tmp_path,
+                                                                          monkeypatch):
+    conn = wire.Connection("k", None, (bytearray(4096), bytearray(4096)))
+    a, b = socket.socketpair()
+    real = os.splice
+
+    def no_splice_to_files(src, dst, count, offset_src=None, offset_dst=None, flags=0):
+        if offset_dst is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(src, dst, count, offset_src, offset_dst, flags)
+
+    monkeypatch.setattr(os, "splice", no_splice_to_files)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        conn.raw_sock = a
+        assert conn._open_pipe()
+        b.sendall(b"0123456789")
+        assert asyncio.run(conn.splice_in(10)) == 10
+        conn.pipe_to(fd, 5, 6)
+        conn.pipe_drop(4)
+        assert conn.piped == 0
+        assert (tmp_path / "out").read_bytes() == b"\0" * 5 + b"012345"
+    finally:
+        os.close(fd)
+        conn.close()
+        a.close()
+        b.close()
+
+
+@needs_splice
+async def test_mfetch_splices_a_plain_mirrors_bytes_to_the_file(tmp_path):
+    # Without piece hashes, bytes are only written: all but what came with each
+    # answer's head (and the head start's, client/headstart.py) go from the socket to
+    # the file by splice(2), not through Python.
+    data = os.urandom(48 * 1024 * 1024 + 12345)
+    async with scripted(range_server(data, mode="plain")) as (url, _):
+        code, err = await _mfetch(url, "-o", str(tmp_path / "out"), "-v")
+    assert code == 0, err
+    assert (tmp_path / "out").read_bytes() == data
+    spliced = int(re.search(r"(\d+) bytes went from the socket to the file by splice",
+                            err).group(1))
+    assert spliced >= len(data) // 2, err[-2000:]
