@@ -121,11 +121,15 @@ class PieceSink:
         only), all of which leave it before this returns. False once the request has
         everything it must deliver. `behind`: more bytes were already waiting when this
         chunk was read (the loop, not the network, is the limit)."""
+        f, sched = self.f, self.f.sched
+        if isinstance(data, int):
+            # Writes still queued for the writer thread come first; from then on, to
+            # the end of _drain, nothing yields, so nothing can be queued in between.
+            await f.writer.flush()
         size = data if isinstance(data, int) else len(data)
         skip = min(self.skip, size)
         self.skip -= skip
         segs = self._cut(size - skip)
-        f, sched = self.f, self.f.sched
         digests: list[bytes] = []
         if isinstance(data, int):
             assert piped is not None and self.plain
@@ -277,6 +281,7 @@ class _Writer:
     def __init__(self) -> None:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._queued = 0
+        self._last: asyncio.Future[Any] | None = None  # the job queued last
 
     async def run(self, fn: Callable[..., _T], *args: Any, nbytes: int, busy: bool = True,
                   on_done: Callable[[asyncio.Future[Any] | None], None] | None = None) -> _T:
@@ -291,7 +296,7 @@ class _Writer:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, "mfetch-writer")
         self._queued += 1
-        fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        fut = self._last = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         if on_done is not None:
             fut.add_done_callback(on_done)
         try:
@@ -303,6 +308,11 @@ class _Writer:
             raise
         finally:
             self._queued -= 1
+
+    async def flush(self) -> None:
+        """Wait until every job queued so far has run (at once if none is queued)."""
+        if self._queued and self._last is not None:
+            await asyncio.wait([self._last])
 
     def close(self) -> None:
         if self._pool is not None:

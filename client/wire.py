@@ -346,6 +346,7 @@ class Connection(asyncio.BufferedProtocol):
         self._eof = True
         if exc is not None and self._exc is None:
             self._exc = exc
+        self._close_pipe()  # the duplicate would keep the socket open (CLOSE_WAIT)
         self._wake()
 
     # -- the reader's side
@@ -387,6 +388,7 @@ class Connection(asyncio.BufferedProtocol):
         """Back in the pool: read anything (so a close or stray bytes are noticed)."""
         self.want = None
         self._splicing = False
+        self._close_pipe()  # (a pipe per response: none held by idle connections)
         self.set_lowat(1)
         self.idle_since = asyncio.get_running_loop().time()
         if self._paused:
@@ -406,13 +408,8 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-        if self._watching is not None:  # not watched once closed (its number is reused)
-            self._watching.remove_reader(self._dup)
-            self._watching = None
-        for fd in (*(self._pipe or ()), self._dup):
-            if fd >= 0:
-                os.close(fd)
-        self._pipe, self._dup, self.splices = None, -1, False
+        self._close_pipe()
+        self.splices = False
 
     # -- splice: the body from the socket to the file, not through Python
     def can_splice(self) -> bool:
@@ -436,71 +433,98 @@ class Connection(asyncio.BufferedProtocol):
         assert self.piped == 0 and self._fill == 0 and self.raw_sock is not None
         if self._pipe is None and not self._open_pipe():
             return None
-        assert self._pipe is not None
         self._pause()
-        self._splicing = True
+        # Below the wake-up mark, wait (as the transport would) rather than take a few
+        # bytes now: each wake-up costs more in Python than the bytes it brings.
+        ready, woke = _readable(self.raw_sock) >= self._lowat, False
         while True:
             if self._exc is not None:
                 raise self._exc
             sock = self.raw_sock.fileno()  # -1 once closed (the number may be reused)
-            if self._eof or sock < 0:
+            if self._eof or sock < 0 or self._pipe is None:
                 return 0
+            if not ready:
+                await self._wait_readable()
+                ready = woke = True
+                continue
             try:
                 n = os.splice(sock, self._pipe[1], min(limit, self._pipe_size),
                               flags=os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
-                await self._wait_readable()
+                if woke:
+                    # Readable, yet nothing to splice: urgent data (MSG_OOB) stops
+                    # splice(2) for good while poll still says readable (and FIONREAD
+                    # says 0). recv skips it.
+                    self._no_splice()
+                    return None
+                ready = False
                 continue
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-                self.splices = False
+                self._no_splice()
                 return None
             self.piped = n
+            self._splicing = True
             return n
+
+    def _no_splice(self) -> None:
+        """This connection cannot splice: it reads as usual from now on."""
+        self.splices = self._splicing = False
+        self._close_pipe()
 
     def pipe_to(self, fd: int, offset: int, n: int) -> None:
         """Move `n` of the bytes in the pipe to file `fd` at `offset`. Raises OSError
         (the file's: a full disk...); a file system that cannot take a splice gets
         them by read and pwrite."""
-        assert self._pipe is not None and 0 <= n <= self.piped
+        pipe = self._pipe_out(n)
         done = 0
         while done < n:
             try:
-                k = os.splice(self._pipe[0], fd, n - done, offset_dst=offset + done)
+                k = os.splice(pipe, fd, n - done, offset_dst=offset + done)
+            except BlockingIOError:
+                k = 0
             except OSError as e:
                 if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
                     raise
-                data = os.read(self._pipe[0], n - done)
-                k = 0
-                while k < len(data):
-                    k += os.pwrite(fd, data[k:], offset + done + k)
+                k = _read_write(pipe, fd, offset + done, n - done)
             if k <= 0:
-                raise OSError(errno.EIO, "the pipe ran dry")
+                raise _dry()
             self.piped -= k
             done += k
 
     def pipe_drop(self, n: int) -> None:
-        """Throw away `n` of the bytes in the pipe (a piece another request wrote)."""
-        assert self._pipe is not None and 0 <= n <= self.piped
+        """Throw away `n` of the bytes in the pipe (a piece another request wrote, the
+        bytes before the first piece from a source that ignores ranges)."""
+        pipe = self._pipe_out(n)
         while n:
-            k = len(os.read(self._pipe[0], min(n, 1 << 20)))
-            if not k:
-                raise OSError(errno.EIO, "the pipe ran dry")
+            try:
+                k = os.splice(pipe, _devnull(), n)
+            except BlockingIOError:
+                k = 0
+            if k <= 0:
+                raise _dry()
             self.piped -= k
             n -= k
 
+    def _pipe_out(self, n: int) -> int:
+        if self._pipe is None or not 0 <= n <= self.piped:
+            raise _dry()
+        return self._pipe[0]
+
     def _open_pipe(self) -> bool:
-        """The pipe, as big as a buffer if the system allows (a pipe holds 16 pages by
+        """The pipe (the reading end non-blocking, so that a miscount raises instead of
+        hanging), as big as a buffer if the system allows (a pipe holds 16 pages by
         default), and a duplicate of the socket's descriptor: asyncio watches the
         transport's own descriptor for the transport only. False (and `splices`
         False) if there are no descriptors to spare."""
         assert self.raw_sock is not None
         try:
-            r, w = os.pipe()
+            r, w = os.pipe2(os.O_CLOEXEC)
         except OSError:
             self.splices = False
             return False
+        os.set_blocking(r, False)
         try:
             self._dup = os.dup(self.raw_sock.fileno())
         except OSError:
@@ -514,6 +538,18 @@ class Connection(asyncio.BufferedProtocol):
         except OSError:  # beyond /proc/sys/fs/pipe-max-size or the user's pipe pages
             self._pipe_size = fcntl.fcntl(w, F_GETPIPE_SZ)
         return True
+
+    def _close_pipe(self) -> None:
+        """Close the pipe and the duplicate (after the selector forgets it: a closed
+        number is soon another file's). Bytes still in the pipe are lost with it: the
+        connection is then never used again (`piped` stays, see usable)."""
+        if self._watching is not None:
+            self._watching.remove_reader(self._dup)
+            self._watching = None
+        for fd in (*(self._pipe or ()), self._dup):
+            if fd >= 0:
+                os.close(fd)
+        self._pipe, self._dup = None, -1
 
     async def _wait_readable(self) -> None:
         loop = asyncio.get_running_loop()
@@ -582,6 +618,33 @@ def set_rcvlowat(sock: socket.socket, value: int) -> bool:
         return True
     except OSError:
         return False
+
+
+_null = -1
+
+
+def _devnull() -> int:
+    """/dev/null, open for writing (bytes spliced away go there)."""
+    global _null
+    if _null < 0:
+        _null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    return _null
+
+
+def _read_write(pipe: int, fd: int, offset: int, n: int) -> int:
+    """Up to `n` bytes from `pipe` to `fd` at `offset`, through memory."""
+    try:
+        data = os.read(pipe, n)
+    except BlockingIOError:
+        return 0
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
+    return done
+
+
+def _dry() -> RuntimeError:
+    return RuntimeError("mfetch bug: the pipe holds fewer bytes than counted")
 
 
 def _readable(sock: socket.socket | None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import threading
 
 from client import events as ev
@@ -126,3 +127,17 @@ async def test_a_streaming_request_never_writes_over_a_piece_already_verified():
     f.writer.close()
     assert [(o, len(d)) for o, d in f.store.writes] == [(0, PIECE)]
     assert f.store.writes[0][1] == data
+
+
+async def test_the_writer_flushes_what_was_queued_before():
+    # A spliced chunk is written on the loop, after every job queued before it.
+    w = _Writer()
+    order: list[str] = []
+    job = asyncio.ensure_future(w.run(lambda: (time.sleep(0.2), order.append("queued")),
+                                      nbytes=1 << 20))
+    await asyncio.sleep(0)  # the job is in the thread
+    await w.flush()
+    order.append("after flush")
+    await job
+    w.close()
+    assert order == ["queued", "after flush"]

@@ -877,6 +877,10 @@ async def test_a_spliced_body_is_whole_and_its_connection_kept(tmp_path):
             assert got == len(body) and (tmp_path / f"out{i}").read_bytes() == body
             # At most the two buffers' worth read with the head went the usual way.
             assert spliced >= len(body) - 2 * wire.BUFFER
+            # Back in the pool, it holds no pipe nor duplicate (which would keep the
+            # socket from closing when the server closes it).
+            (conn,) = c._idle[next(iter(c._idle))]
+            assert conn._pipe is None and conn._dup == -1
         await c.close()
     assert script.connections == 1 and c.connections_opened == 1
 
@@ -908,6 +912,7 @@ async def test_a_spliced_body_cut_short_raises_and_the_pipe_is_emptied(tmp_path)
                 r.pipe_to(fd, 0, 1000)
                 with pytest.raises(wire.BodyCutShort):
                     await _splice_body(r, fd)
+                assert r.connection.piped == 0
         finally:
             os.close(fd)
         await c.close()
@@ -926,6 +931,8 @@ async def test_a_silent_source_times_out_in_a_splice(monkeypatch):
             with pytest.raises(TimeoutError):
                 await r.splice()
             assert time.monotonic() - t0 >= 0.45  # the read timeout, not the patience
+            dup = r.connection._dup
+            assert dup >= 0 and dup not in asyncio.get_running_loop()._selector.get_map()
         end.set()
         await c.close()
 
@@ -991,3 +998,61 @@ async def test_mfetch_splices_a_plain_mirrors_bytes_to_the_file(tmp_path):
     spliced = int(re.search(r"(\d+) bytes went from the socket to the file by splice",
                             err).group(1))
     assert spliced >= len(data) // 2, err[-2000:]
+
+
+@needs_splice
+async def test_a_splice_waits_for_its_wake_up_mark(monkeypatch):
+    # 1000 bytes already waiting, under a 512 KiB mark: no wake-up for them until the
+    # patience runs out (each wake-up costs more in Python than such a chunk brings).
+    monkeypatch.setattr(wire, "LOWAT_PATIENCE", 0.6)
+    end = asyncio.Event()
+    async with scripted(_head_then([b"a" * 1000], end=end)) as (url, _):
+        c = client(read_timeout=30)
+        async with await c.get(url, []) as r:
+            r.set_lowat(512 * 1024)
+            await asyncio.sleep(0.3)  # the bytes are in, below the mark
+            t0 = time.monotonic()
+            assert await r.splice() == 1000
+            waited = time.monotonic() - t0
+            r.pipe_drop(1000)
+            assert 0.2 < waited < 10
+        end.set()
+        await c.close()
+
+
+@needs_splice
+async def test_urgent_data_ends_splicing_and_the_body_is_read_as_usual():
+    # splice(2) stops at a TCP urgent byte for good while poll says readable; recv
+    # skips it. The connection must fall back to reading, not spin nor time out.
+    a, b = b"a" * 5000, b"b" * 7000
+
+    async def handler(reader, writer, script):
+        await script.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(a) + len(b)))
+        await writer.drain()
+        for part in (a, None, b):
+            await asyncio.sleep(0.1)
+            if part is None:
+                raw = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+                raw.send(b"!", socket.MSG_OOB)
+                raw.close()
+            else:
+                writer.write(part)
+                await writer.drain()
+        await asyncio.sleep(5)
+
+    async with scripted(handler) as (url, _):
+        c = client(read_timeout=3)
+        async with await c.get(url, []) as r:
+            conn = r.connection
+            got = bytearray()
+            while True:
+                n = await asyncio.wait_for(r.splice(), 2.5)
+                if n is None:
+                    break
+                r.pipe_drop(n)
+                got += b"a" * n  # (a splice can only bring a's bytes)
+            while (v := await r.read_view()) is not None:
+                got += v
+        await c.close()
+    assert bytes(got) == a + b and not conn.splices
