@@ -126,6 +126,8 @@ class PieceSink:
             # Writes still queued for the writer thread come first; from then on, to
             # the end of _drain, nothing yields, so nothing can be queued in between.
             await f.writer.flush()
+            if piped is not None and not piped.connection.piping:
+                raise wire.BodyCutShort("the connection was lost with bytes in its pipe")
         size = data if isinstance(data, int) else len(data)
         skip = min(self.skip, size)
         self.skip -= skip
@@ -434,7 +436,7 @@ class Fetcher:
                                  return_exceptions=True)
             self.writer.close()  # nothing is queued: every job was awaited
             await self._checkpoint()
-            log.debug("%d bytes went from the socket to the file by splice(2)", self.spliced)
+            log.debug("%d bytes came by splice(2), not through Python", self.spliced)
         if failure:
             if digest:
                 digest.cancel()

@@ -473,6 +473,11 @@ class Connection(asyncio.BufferedProtocol):
         self.splices = self._splicing = False
         self._close_pipe()
 
+    @property
+    def piping(self) -> bool:
+        """The pipe is open (the connection was not lost since bytes went into it)."""
+        return self._pipe is not None
+
     def pipe_to(self, fd: int, offset: int, n: int) -> None:
         """Move `n` of the bytes in the pipe to file `fd` at `offset`. Raises OSError
         (the file's: a full disk...); a file system that cannot take a splice gets
@@ -513,30 +518,21 @@ class Connection(asyncio.BufferedProtocol):
         return self._pipe[0]
 
     def _open_pipe(self) -> bool:
-        """The pipe (the reading end non-blocking, so that a miscount raises instead of
-        hanging), as big as a buffer if the system allows (a pipe holds 16 pages by
+        """The pipe (non-blocking, so that a miscount raises instead of hanging), as big as a buffer if the system allows (a pipe holds 16 pages by
         default), and a duplicate of the socket's descriptor: asyncio watches the
         transport's own descriptor for the transport only. False (and `splices`
-        False) if there are no descriptors to spare."""
+        False) if the system will not give them."""
         assert self.raw_sock is not None
         try:
-            r, w = os.pipe2(os.O_CLOEXEC)
-        except OSError:
-            self.splices = False
-            return False
-        os.set_blocking(r, False)
-        try:
+            self._pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             self._dup = os.dup(self.raw_sock.fileno())
+            self._pipe_size = fcntl.fcntl(self._pipe[1], F_SETPIPE_SZ, BUFFER)
         except OSError:
-            os.close(r)
-            os.close(w)
-            self.splices = False
+            # No descriptors to spare, or a pipe that cannot grow (beyond the user's
+            # pipe pages, /proc/sys/fs/pipe-user-pages-soft): with 16 pages, splicing
+            # would wake up far more often than reading does.
+            self._no_splice()
             return False
-        self._pipe = (r, w)
-        try:
-            self._pipe_size = fcntl.fcntl(w, F_SETPIPE_SZ, BUFFER)
-        except OSError:  # beyond /proc/sys/fs/pipe-max-size or the user's pipe pages
-            self._pipe_size = fcntl.fcntl(w, F_GETPIPE_SZ)
         return True
 
     def _close_pipe(self) -> None:
@@ -546,10 +542,11 @@ class Connection(asyncio.BufferedProtocol):
         if self._watching is not None:
             self._watching.remove_reader(self._dup)
             self._watching = None
-        for fd in (*(self._pipe or ()), self._dup):
+        fds = (*(self._pipe or ()), self._dup)
+        self._pipe, self._dup = None, -1  # first: never closed twice
+        for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self._pipe, self._dup = None, -1
 
     async def _wait_readable(self) -> None:
         loop = asyncio.get_running_loop()
