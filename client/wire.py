@@ -518,10 +518,10 @@ class Connection(asyncio.BufferedProtocol):
         return self._pipe[0]
 
     def _open_pipe(self) -> bool:
-        """The pipe (non-blocking, so that a miscount raises instead of hanging), as big as a buffer if the system allows (a pipe holds 16 pages by
-        default), and a duplicate of the socket's descriptor: asyncio watches the
-        transport's own descriptor for the transport only. False (and `splices`
-        False) if the system will not give them."""
+        """The pipe, 1 MiB (a pipe holds 16 pages by default) and non-blocking (a
+        miscount raises instead of hanging), and a duplicate of the socket's
+        descriptor: asyncio watches the transport's own descriptor for the transport
+        only. False (and `splices` False) if the system will not give them."""
         assert self.raw_sock is not None
         try:
             self._pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
