@@ -299,7 +299,6 @@ class Connection(asyncio.BufferedProtocol):
         # descriptor to wait on, and how many bytes wait in the pipe to be moved out.
         self._pipe: tuple[int, int] | None = None
         self._pipe_size = 0
-        self._splicing = False  # the transport is paused for splice_in until idle()
         self._dup = -1
         self._watching: asyncio.AbstractEventLoop | None = None  # _dup is watched
         self.piped = 0
@@ -387,7 +386,6 @@ class Connection(asyncio.BufferedProtocol):
     def idle(self) -> None:
         """Back in the pool: read anything (so a close or stray bytes are noticed)."""
         self.want = None
-        self._splicing = False
         self._close_pipe()  # (a pipe per response: none held by idle connections)
         self.set_lowat(1)
         self.idle_since = asyncio.get_running_loop().time()
@@ -398,7 +396,7 @@ class Connection(asyncio.BufferedProtocol):
         """Wake up only once `value` bytes are readable (SO_RCVLOWAT; see fetcher), or
         a buffer's worth (a pipe's while splicing), or after LOWAT_PATIENCE with
         whatever came."""
-        value = min(value, self._pipe_size if self._splicing else self.size)
+        value = min(value, self._pipe_size if self._pipe is not None else self.size)
         if self.sock is not None and value != self._lowat:
             if set_rcvlowat(self.sock, value):
                 self._lowat = value
@@ -465,12 +463,11 @@ class Connection(asyncio.BufferedProtocol):
                 self._no_splice()
                 return None
             self.piped = n
-            self._splicing = True
             return n
 
     def _no_splice(self) -> None:
         """This connection cannot splice: it reads as usual from now on."""
-        self.splices = self._splicing = False
+        self.splices = False
         self._close_pipe()
 
     @property
@@ -482,35 +479,31 @@ class Connection(asyncio.BufferedProtocol):
         """Move `n` of the bytes in the pipe to file `fd` at `offset`. Raises OSError
         (the file's: a full disk...); a file system that cannot take a splice gets
         them by read and pwrite."""
+        self._move_out(fd, offset, n)
+
+    def pipe_drop(self, n: int) -> None:
+        """Throw away `n` of the bytes in the pipe (a piece another request wrote, the
+        bytes before the first piece from a source that ignores ranges)."""
+        self._move_out(_devnull(), None, n)
+
+    def _move_out(self, fd: int, offset: int | None, n: int) -> None:
         pipe = self._pipe_out(n)
         done = 0
         while done < n:
             try:
-                k = os.splice(pipe, fd, n - done, offset_dst=offset + done)
+                k = os.splice(pipe, fd, n - done,
+                              offset_dst=None if offset is None else offset + done)
             except BlockingIOError:
                 k = 0
             except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                if offset is None or e.errno not in (errno.EINVAL, errno.EOPNOTSUPP,
+                                                     errno.ENOSYS):
                     raise
                 k = _read_write(pipe, fd, offset + done, n - done)
             if k <= 0:
                 raise _dry()
             self.piped -= k
             done += k
-
-    def pipe_drop(self, n: int) -> None:
-        """Throw away `n` of the bytes in the pipe (a piece another request wrote, the
-        bytes before the first piece from a source that ignores ranges)."""
-        pipe = self._pipe_out(n)
-        while n:
-            try:
-                k = os.splice(pipe, _devnull(), n)
-            except BlockingIOError:
-                k = 0
-            if k <= 0:
-                raise _dry()
-            self.piped -= k
-            n -= k
 
     def _pipe_out(self, n: int) -> int:
         if self._pipe is None or not 0 <= n <= self.piped:
