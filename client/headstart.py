@@ -94,7 +94,7 @@ class Early:
         self.request = request_head(url, [("User-Agent", USER_AGENT), *BASE_HEADERS.items(),
                                           ("Range", self.range)])
         # Anonymous memory: pages cost RSS only once bytes land in them.
-        self.buf = mmap.mmap(-1, MAX_HEAD + span)
+        self.buf = mmap.mmap(-1, MAX_HEAD + span, flags=mmap.MAP_PRIVATE)
         self.got = 0  # bytes of the answer (head and body) in buf
         self.sock: _socket.socket | None = None
         self.error: OSError | None = None
@@ -326,7 +326,7 @@ class EarlyBody:
         self._early_view: memoryview | None = None
         # Outside wire's budget (client/wire.py), so the small size: one per mirror.
         self._size = min(wire.MIN_BUFFER, max(1, self.left))
-        self._buf: bytearray | None = None
+        self._buf: mmap.mmap | None = None
 
     async def read_view(self) -> memoryview | None:
         if self.left <= 0:
@@ -338,7 +338,7 @@ class EarlyBody:
         else:
             self._forget_early()
             if self._buf is None:
-                self._buf = bytearray(self._size)
+                self._buf = self._wire.buffer(self._size)
             loop = self._asyncio.get_running_loop()
             # As wire.Connection does: a mark not reached soon drops to one byte, which
             # wakes the wait up with what came. (Not a timeout around the receive: one
