@@ -128,6 +128,31 @@ def test_the_gil_changes_hands_often_only_while_the_early_answers_are_read():
     assert sys.getswitchinterval() == before
 
 
+def test_early_readers_wake_per_mark_and_hand_the_socket_over_at_one_byte(tmp_path,
+                                                                           monkeypatch):
+    # A reading thread woken for every few segments made sixteen threads fight for the
+    # GIL; past the head it waits for EARLY_MARK bytes. The fetcher, which takes the
+    # socket over, counts on the kernel's mark being one byte.
+    import socket
+    import time
+
+    marks: list[int] = []
+    real = headstart._set_mark
+    monkeypatch.setattr(headstart, "_set_mark", lambda s, m: (marks.append(m), real(s, m))[1])
+    data = make_file(tmp_path / "d", 4 * MiB, seed=69)
+    with FaultyServer(data, trickle=2 * MiB) as slow:
+        head = HeadStart([slow.url])
+        e = head.early[0]
+        deadline = time.monotonic() + 30
+        while e.got < 512 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        head.stop()
+        assert e.sock is not None and e.got >= 512 * 1024
+        assert marks[0] == headstart.EARLY_MARK and marks[-1] == 1
+        assert e.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+        head.close()
+
+
 def test_no_thread_to_spare_means_no_head_start_and_nothing_left(monkeypatch):
     import sys
 
