@@ -57,9 +57,10 @@ CONNECT_TIMEOUT = 2.0
 POLL = 0.01  # how often a reading thread looks whether it is to stop
 JOIN_TIMEOUT = 1.0
 SWITCH_INTERVAL = 0.0005  # the GIL's, while the early requests are read (default 5 ms)
-# After the first bytes, a reading thread wakes up only once this many have come
-# (SO_RCVLOWAT), not for every few segments, each a fight for the GIL: with sixteen
-# mirrors mfetch's CPU went from 1.52 s to 1.47 s (five runs each, side by side).
+# After its first bytes, a reading thread wakes up only once this many have come
+# (SO_RCVLOWAT), or after POLL with what did, not for every few segments, each a
+# fight for the GIL: with sixteen mirrors mfetch's CPU went from 1.52 s to 1.47 s
+# (five runs each, side by side).
 EARLY_MARK = 64 * 1024
 
 # Flags that change no request (anything else, or a --flag=value form: no head start).
@@ -186,19 +187,26 @@ class HeadStart:
             # Woken every POLL to see whether stop() was called: the socket stays
             # open, for the fetcher to read the rest of the answer.
             sock.settimeout(POLL)
-            mark = 1  # the head first, whatever its size
+            mark = 1  # the socket's wake-up mark (0: the kernel takes none, so 1)
             while e.got < len(view) and not e.stopping:
                 try:
                     n = sock.recv_into(view[e.got:])
                 except TimeoutError:
+                    # Nothing at the mark for POLL: a head that came in parts, the end
+                    # of the answer, or a slow link. Take whatever came, then wait on.
+                    if mark > 1:
+                        mark = _set_mark(sock, 1, mark)
                     continue
                 if not n:
                     break
                 e.got += n
-                if mark != (want := min(EARLY_MARK, len(view) - e.got)):
-                    mark = _set_mark(sock, want)
-            if mark != 1:
-                _set_mark(sock, 1)  # as the fetcher expects it, if it takes the rest
+                want = max(1, min(EARLY_MARK, len(view) - e.got))
+                if mark and mark != want:
+                    mark = _set_mark(sock, want, mark)
+            # The fetcher, if it takes the rest of the answer, counts on a mark of 1
+            # (an error here means it does not take it).
+            if mark > 1 and _set_mark(sock, 1, mark) > 1:
+                raise OSError("the early socket's wake-up mark cannot be lowered")
         except OSError as err:
             e.error = err
         finally:
@@ -415,11 +423,16 @@ class _Thread:
         return self._running.locked()
 
 
-def _set_mark(sock: _socket.socket, mark: int) -> int:
-    """Set `sock`'s wake-up mark (SO_RCVLOWAT): poll, and so recv with a timeout, waits
-    for that many bytes. Returns the mark. Raises OSError."""
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVLOWAT, max(1, mark))
-    return max(1, mark)
+def _set_mark(sock: _socket.socket, mark: int, now: int) -> int:
+    """Set `sock`'s wake-up mark (SO_RCVLOWAT; poll, and so a recv with a timeout,
+    waits for that many bytes) from `now` to `mark`. Returns the mark in effect:
+    `mark`, or if the kernel refuses, `now` (0 if that is 1: no mark, a wake-up for
+    every few segments as without one)."""
+    try:
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVLOWAT, mark)
+    except OSError:
+        return now if now > 1 else 0
+    return mark
 
 
 def _connect(host: str, port: int) -> _socket.socket:

@@ -138,19 +138,68 @@ def test_early_readers_wake_per_mark_and_hand_the_socket_over_at_one_byte(tmp_pa
 
     marks: list[int] = []
     real = headstart._set_mark
-    monkeypatch.setattr(headstart, "_set_mark", lambda s, m: (marks.append(m), real(s, m))[1])
+    monkeypatch.setattr(headstart, "_set_mark",
+                        lambda s, m, now: (marks.append(m), real(s, m, now))[1])
     data = make_file(tmp_path / "d", 4 * MiB, seed=69)
     with FaultyServer(data, trickle=2 * MiB) as slow:
         head = HeadStart([slow.url])
+        try:
+            e = head.early[0]
+            deadline = time.monotonic() + 30
+            while e.got < 512 * 1024 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            head.stop()
+            assert e.sock is not None and e.got >= 512 * 1024
+            assert headstart.EARLY_MARK in marks and marks[-1] == 1
+            assert e.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+        finally:
+            head.close()
+
+
+@pytest.mark.parametrize("kernel_marks", [True, False])
+def test_a_head_in_parts_and_a_short_answer_are_read_whole_below_the_mark(monkeypatch,
+                                                                          kernel_marks):
+    # The head's first part, then the rest with a 1000-byte body, on a connection the
+    # server keeps open: no byte of it ever reaches the mark, yet all of it must be
+    # read during start-up (else the probe waits for the head until its patience ends).
+    # Where the kernel refuses a mark, the reader wakes for every segment instead.
+    import socket
+    import threading
+    import time
+
+    if not kernel_marks:
+        monkeypatch.setattr(headstart._socket, "SO_RCVLOWAT", 0x7ffe)  # no such option
+    answer_head = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-999/1000\r\n" \
+                  b"Content-Length: 1000\r\n\r\n"
+    answer = answer_head + b"x" * 1000
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while b"\r\n\r\n" not in conn.recv(65536):
+                pass
+            conn.sendall(answer[:20])
+            time.sleep(0.1)
+            conn.sendall(answer[20:])
+            done.wait(30)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    head = HeadStart([f"http://127.0.0.1:{listener.getsockname()[1]}/f"])
+    try:
         e = head.early[0]
-        deadline = time.monotonic() + 30
-        while e.got < 512 * 1024 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while e.got < len(answer) and time.monotonic() < deadline:
             time.sleep(0.01)
-        head.stop()
-        assert e.sock is not None and e.got >= 512 * 1024
-        assert marks[0] == headstart.EARLY_MARK and marks[-1] == 1
-        assert e.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+        assert e.got == len(answer) and e.error is None
+        assert bytes(e.buf[:e.got]) == answer
+    finally:
         head.close()
+        done.set()
+        server.join(5)
+        listener.close()
 
 
 def test_no_thread_to_spare_means_no_head_start_and_nothing_left(monkeypatch):
