@@ -275,7 +275,10 @@ def buffer(size: int) -> mmap.mmap:
     land in it (a bytearray is zeroed, so all of it at once), and freeing it gives the
     memory back (glibc's heap keeps freed blocks). A spliced body never enters the
     buffers: 32 connections hold about 1 MiB of them, where bytearrays held 28 MiB."""
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    try:
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    except OSError as e:  # as a bytearray's would be: never taken for a network error
+        raise MemoryError(f"no memory for a receive buffer: {e.strerror}") from None
 
 
 class Connection(asyncio.BufferedProtocol):

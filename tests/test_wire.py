@@ -510,6 +510,20 @@ def test_mfetch_never_imports_aiohttp_without_a_proxy():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+def test_a_receive_buffer_refused_by_the_kernel_is_a_memory_error(monkeypatch):
+    # Anonymous mappings, not zeroed bytearrays: a spliced body never enters them.
+    # A mapping refused is a lack of memory, not a network error to retry elsewhere.
+    buf = wire.buffer(wire.BUFFER)
+    assert len(buf) == wire.BUFFER and buf[:4] == b"\0" * 4
+
+    def refuse(*a, **kw):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(wire.mmap, "mmap", refuse)
+    with pytest.raises(MemoryError, match="receive buffer"):
+        wire.buffer(wire.BUFFER)
+
+
 async def test_a_closed_connections_buffers_go_to_the_next_one():
     # Connections that close mid-body (cancelled requests) must not each allocate new
     # buffers: glibc keeps freed blocks, and the heap would grow (peak RSS).
