@@ -58,10 +58,10 @@ POLL = 0.01  # how often a reading thread looks whether it is to stop
 JOIN_TIMEOUT = 1.0
 SWITCH_INTERVAL = 0.0005  # the GIL's, while the early requests are read (default 5 ms)
 # After its first bytes, a reading thread wakes up only once this many have come
-# (SO_RCVLOWAT), or after POLL with what did, not for every few segments, each a
-# fight for the GIL: with sixteen mirrors mfetch's CPU went from 1.52 s to 1.47 s
-# (five runs each, side by side).
+# (SO_RCVLOWAT), or after EARLY_PATIENCE with what did, not for every few segments,
+# each a fight for the GIL.
 EARLY_MARK = 64 * 1024
+EARLY_PATIENCE = 0.05  # with nothing at the mark for this long, what did come is read
 
 # Flags that change no request (anything else, or a --flag=value form: no head start).
 _PLAIN_FLAGS = frozenset({"--json", "-q", "--quiet", "-v", "--verbose", "--force", "--sync"})
@@ -188,18 +188,21 @@ class HeadStart:
             # open, for the fetcher to read the rest of the answer.
             sock.settimeout(POLL)
             mark = 1  # the socket's wake-up mark (0: the kernel takes none, so 1)
+            waited = 0.0  # since the last bytes
             while e.got < len(view) and not e.stopping:
                 try:
                     n = sock.recv_into(view[e.got:])
                 except TimeoutError:
-                    # Nothing at the mark for POLL: a head that came in parts, the end
-                    # of the answer, or a slow link. Take whatever came, then wait on.
-                    if mark > 1:
+                    # Nothing at the mark for a while: a head that came in parts, the
+                    # end of the answer, or a slow link. Take what came, then wait on.
+                    waited += POLL
+                    if mark > 1 and waited >= EARLY_PATIENCE:
                         mark = _set_mark(sock, 1, mark)
                     continue
                 if not n:
                     break
                 e.got += n
+                waited = 0.0
                 want = max(1, min(EARLY_MARK, len(view) - e.got))
                 if mark and mark != want:
                     mark = _set_mark(sock, want, mark)
