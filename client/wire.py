@@ -505,8 +505,9 @@ class Connection(asyncio.BufferedProtocol):
         self._move_out(_devnull(), None, n)
 
     def _move_out(self, fd: int, offset: int | None, n: int) -> None:
-        pipe = self._pipe_out(n)
-        done = 0
+        if self._pipe is None or not 0 <= n <= self.piped:
+            raise _dry()
+        pipe, done = self._pipe[0], 0
         while done < n:
             try:
                 k = os.splice(pipe, fd, n - done,
@@ -522,11 +523,6 @@ class Connection(asyncio.BufferedProtocol):
                 raise _dry()
             self.piped -= k
             done += k
-
-    def _pipe_out(self, n: int) -> int:
-        if self._pipe is None or not 0 <= n <= self.piped:
-            raise _dry()
-        return self._pipe[0]
 
     def _open_pipe(self) -> bool:
         """The pipe, 1 MiB (a pipe holds 16 pages by default) and non-blocking (a
@@ -561,8 +557,8 @@ class Connection(asyncio.BufferedProtocol):
         """Wait until the socket is readable (at the wake-up mark), as _wait() does.
         The duplicate stays watched from one wait to the next: adding it to asyncio's
         selector and removing it again for each chunk was a tenth of the time mfetch
-        spent in Python with sixteen mirrors. _close_pipe() forgets it, and so does _on_readable() when no
-        one waits."""
+        spent in Python with sixteen mirrors. _close_pipe() forgets it, and so does
+        _on_readable() when no one waits."""
         if self._watching is None:
             loop = asyncio.get_running_loop()
             loop.add_reader(self._dup, self._on_readable)
