@@ -63,6 +63,10 @@ BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connect
 SPLICE = hasattr(os, "splice")
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
+# The most one read takes while a head is awaited. Unbounded, it filled both buffers on
+# loopback (the socket already held a MiB of the body) when the body was to be
+# spliced: a copy through Python, and buffer pages that stay resident.
+HEAD_READ = 16 * 1024
 MAX_FIELDS = 256
 MAX_INTERIM = 16  # informational (1xx) responses accepted before the real one
 MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or a trailer line
@@ -966,11 +970,11 @@ class WireClient:
 
     async def _exchange(self, conn: Connection, url: str, data: bytes,
                         method: str = "GET") -> Response:
-        conn.want = None
         conn.write(data)
         acc = bytearray()  # the head so far (at most MAX_HEAD + 4 bytes are copied)
         interim = 0
         while True:
+            conn.want = HEAD_READ
             raw = await conn.take()
             if not raw:
                 raise Disconnected("the server closed the connection" if not acc else
@@ -988,6 +992,10 @@ class WireClient:
                 head = parse_head(acc[:end])
                 body_start = pos - (len(acc) - end)  # where the body begins in raw
                 if not 100 <= head.status < 200:
+                    # Nothing more is read until the body is asked for (take() reads
+                    # on), so none of it enters a buffer if it is to be spliced.
+                    conn.want = None  # (the body's length, if it has one: Response's)
+                    conn._pause()
                     frame = framing(head)
                     if method == "HEAD":  # no body, whatever the fields say (RFC 9110 §9.3.2)
                         frame = Framing(0, False, frame.keep_alive)
