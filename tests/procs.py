@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass, field
 
 BIN = os.path.dirname(sys.executable)
@@ -30,6 +29,9 @@ class Proc:
     popen: subprocess.Popen[str]
     address: str = ""
     lines: list[str] = field(default_factory=list)
+    # Set once the address is printed or the output ends.
+    ready: threading.Event = field(default_factory=threading.Event)
+    reader: threading.Thread | None = None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen.poll() is None:
@@ -50,56 +52,39 @@ class Proc:
     def output(self) -> str:
         """Everything printed so far (after stop/kill: everything). A child it left
         behind may keep the pipe open: then what came within 10 s, not a hang."""
-        out = self.popen.stdout
-        if self.popen.poll() is not None and out:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if not select.select([out], [], [], 0.2)[0]:
-                    continue
-                line = out.readline()
-                if not line:
-                    break
-                self.lines.append(line)
+        if self.popen.poll() is not None and self.reader is not None:
+            self.reader.join(10)
         return "".join(self.lines)
+
+    def _read(self) -> None:
+        """Every line the child prints, as it comes (its pipe never fills)."""
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+            if not self.address and (m := _LISTENING.search(line)):
+                self.address = m.group(1)
+                self.ready.set()
+        self.ready.set()
 
 
 def start(argv: list[str], timeout: float = 30.0, env: dict[str, str] | None = None) -> Proc:
-    """Run argv (stderr merged into stdout) and wait until it prints its address."""
+    """Run argv (stderr merged into stdout) and wait until it prints its address.
+
+    A thread reads the output: select() on the pipe would not see lines that an
+    earlier readline() had already taken into the file's buffer (a server that
+    printed its address in the same write as the line before would seem silent).
+    """
     popen = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         env={**os.environ, **(env or {})},
     )
     proc = Proc(argv, popen)
-    deadline = time.monotonic() + timeout
-    assert popen.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([popen.stdout], [], [], 0.2)
-        if ready:
-            line = popen.stdout.readline()
-            if not line and popen.poll() is not None:
-                break
-            proc.lines.append(line)
-            m = _LISTENING.search(line)
-            if m:
-                proc.address = m.group(1)
-                _drain(proc)
-                return proc
-        elif popen.poll() is not None:
-            break
+    proc.reader = threading.Thread(target=proc._read, daemon=True)
+    proc.reader.start()
+    if proc.ready.wait(timeout) and proc.address:
+        return proc
     proc.kill()
     raise AssertionError(f"{argv[0]} did not start:\n{proc.output()}")
-
-
-def _drain(proc: Proc) -> None:
-    """Keep reading the child's output in the background so its pipe never fills."""
-    import threading
-
-    def pump() -> None:
-        assert proc.popen.stdout is not None
-        for line in proc.popen.stdout:
-            proc.lines.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
 
 
 def run(argv: list[str], timeout: float = 120.0, env: dict[str, str] | None = None,
