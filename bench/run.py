@@ -42,7 +42,8 @@ Cases
             one loopback source, mfetch with 32 connections (mfetch-32) and
             aria2c tuned: peak RSS must stay flat as the file grows 1 -> 4 GiB
 
-Every case runs in rounds (--repeat, 3 by default, 1 with --quick): each round
+Every case runs in rounds (--repeat, 3 by default, 1 with --quick; the two
+loopback cases, which take seconds and vary the most, two more): each round
 runs every installed tool once, the order turned by one each round, so no tool
 always goes first. This machine's CPU and loopback speed drift 10-40% over
 minutes; a median of runs taken side by side is the fair comparison, and the
@@ -429,8 +430,10 @@ class Case:
     event: str | None = None  # "stall" | "die"
     event_mirror: int = 0
     # Outputs on a tmpfs: what the network and the tool's CPU allow, without this
-    # machine's disk (mfetch flushes the file to disk before it exits; the others don't).
+    # machine's disk.
     out_tmpfs: bool = False
+    # Rounds beyond --repeat: the loopback cases take seconds and vary the most.
+    extra_rounds: int = 0
 
 
 MULTI = ["mfetch", "aria2c", "aria2c-tuned", "axel"]
@@ -444,9 +447,9 @@ CASES = [
     Case("sixteen", "16 mirrors at 100/50/25/10 Mbit/s (x4)", [100, 50, 25, 10] * 4,
          512 * MIB, 32 * MIB, MULTI),
     Case("loopback", "1 unshaped source on loopback (raw speed, CPU); curl -o is the reference",
-         None, 2048 * MIB, 128 * MIB, MULTI + ["curl"]),
+         None, 2048 * MIB, 128 * MIB, MULTI + ["curl"], extra_rounds=2),
     Case("loopback-tmpfs", "the same, every output on a tmpfs (the disk left out)",
-         None, 2048 * MIB, 128 * MIB, MULTI + ["curl"], out_tmpfs=True),
+         None, 2048 * MIB, 128 * MIB, MULTI + ["curl"], out_tmpfs=True, extra_rounds=2),
     # Peak RSS must not grow with the file: the same 32 connections at 1 and 4 GiB.
     Case("memory-1g", "1 unshaped source on loopback, 32 connections, 1 GiB (peak RSS)",
          None, 1024 * MIB, 64 * MIB, ["mfetch-32", "aria2c-tuned"]),
@@ -625,6 +628,7 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                 results.append(Result(t, "skipped (not installed)", 0, 0, 0, None, None))
             else:
                 names.append(t)
+        repeat += case.extra_rounds
         runs = [(names[(i + k) % len(names)], k) for k in range(repeat)
                 for i in range(len(names))]
         for tname, k in runs:
@@ -900,9 +904,12 @@ def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result],
         "(timeout = max(30 s, 4 x expected ideal + 10 s))."
     )
     if repeat > 1:
+        more = ", ".join(f"{c.name} {repeat + c.extra_rounds}"
+                         for c, _, _ in blocks if c.extra_rounds)
+        more = f" ({more})" if more else ""
         method += (
-            f" Each case ran in {repeat} rounds, every tool once per round, the order "
-            "turned by one each round. A row gives the median of the tool's right runs "
+            f" Each case ran in {repeat} rounds{more}, "
+            "every tool once per round, the order turned by one each round. A row gives the median of the tool's right runs "
             "(of all its runs if none was right) and their range in brackets; peak RSS "
             "is the highest of the runs; each run's efficiency uses its own event time. "
             "The notes list every run.")
