@@ -63,9 +63,11 @@ BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connect
 SPLICE = hasattr(os, "splice")
 F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
 MAX_HEAD = 64 * 1024  # a response head longer than this is refused
-# The most one read takes while a head is awaited. Unbounded, it filled both buffers on
-# loopback (the socket already held a MiB of the body) when the body was to be
-# spliced: a copy through Python, and buffer pages that stay resident.
+# The most one read takes while a head is awaited, when the body may be spliced.
+# Unbounded, it filled both buffers on loopback (the socket already held a MiB of
+# the body): a copy through Python, and buffer pages that stay resident. Not under
+# TLS (never spliced): on the server's FIN, asyncio's sslproto hands over one read's
+# worth of what it has decrypted and drops the rest, so small reads would lose bytes.
 HEAD_READ = 16 * 1024
 MAX_FIELDS = 256
 MAX_INTERIM = 16  # informational (1xx) responses accepted before the real one
@@ -973,8 +975,9 @@ class WireClient:
         conn.write(data)
         acc = bytearray()  # the head so far (at most MAX_HEAD + 4 bytes are copied)
         interim = 0
+        bounded = conn.splices and conn.sock is not None  # the body may be spliced
         while True:
-            conn.want = HEAD_READ
+            conn.want = HEAD_READ if bounded else None
             raw = await conn.take()
             if not raw:
                 raise Disconnected("the server closed the connection" if not acc else
@@ -992,10 +995,11 @@ class WireClient:
                 head = parse_head(acc[:end])
                 body_start = pos - (len(acc) - end)  # where the body begins in raw
                 if not 100 <= head.status < 200:
-                    # Nothing more is read until the body is asked for (take() reads
-                    # on), so none of it enters a buffer if it is to be spliced.
                     conn.want = None  # (the body's length, if it has one: Response's)
-                    conn._pause()
+                    if bounded:
+                        # Nothing more is read until the body is asked for (take()
+                        # reads on), so none of it enters a buffer if it is spliced.
+                        conn._pause()
                     frame = framing(head)
                     if method == "HEAD":  # no body, whatever the fields say (RFC 9110 §9.3.2)
                         frame = Framing(0, False, frame.keep_alive)

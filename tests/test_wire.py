@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -435,6 +436,41 @@ async def test_tls_with_a_test_ca(tmp_path):
         with pytest.raises(wire.CertificateError):
             await stranger.get(url, [])
         await stranger.close()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "close-delimited"])
+async def test_tls_answer_with_a_long_head_then_a_close_is_read_whole(length):
+    # On the FIN, asyncio's TLS layer hands over one read's worth of what it decrypted
+    # and drops the rest: reads under TLS must not be bounded as a head's are for splice.
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    body = os.urandom(100_000)
+    answer = (b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Pad: %s\r\n%s\r\n%s"
+              % (b"a" * 2 * wire.HEAD_READ,
+                 b"Content-Length: %d\r\n" % len(body) if length else b"", body))
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:  # all at once, then the FIN: the client is still behind
+        sock, _ = listener.accept()
+        with server_ctx.wrap_socket(sock, server_side=True) as tls:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(4096)
+            tls.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    c = client(tls=lambda: trusting)
+    try:
+        async with await c.get(f"https://127.0.0.1:{listener.getsockname()[1]}/", []) as r:
+            assert await r.read() == body
+    finally:
+        await c.close()
+        thread.join(10)
+        listener.close()
 
 
 async def test_views_stay_valid_until_the_next_read():
