@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 BIN = os.path.dirname(sys.executable)
@@ -59,12 +60,14 @@ class Proc:
     def _read(self) -> None:
         """Every line the child prints, as it comes (its pipe never fills)."""
         assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line)
-            if not self.address and (m := _LISTENING.search(line)):
-                self.address = m.group(1)
-                self.ready.set()
-        self.ready.set()
+        try:
+            for line in self.popen.stdout:
+                self.lines.append(line)
+                if not self.address and (m := _LISTENING.search(line)):
+                    self.address = m.group(1)
+                    self.ready.set()
+        finally:
+            self.ready.set()
 
 
 def start(argv: list[str], timeout: float = 30.0, env: dict[str, str] | None = None) -> Proc:
@@ -76,12 +79,16 @@ def start(argv: list[str], timeout: float = 30.0, env: dict[str, str] | None = N
     """
     popen = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env={**os.environ, **(env or {})},
+        errors="backslashreplace", env={**os.environ, **(env or {})},
     )
     proc = Proc(argv, popen)
     proc.reader = threading.Thread(target=proc._read, daemon=True)
     proc.reader.start()
-    if proc.ready.wait(timeout) and proc.address:
+    deadline = time.monotonic() + timeout
+    # (a child it started may hold the pipe open after it exited: look at it too)
+    while not proc.ready.wait(0.2) and popen.poll() is None and time.monotonic() < deadline:
+        pass
+    if proc.address:
         return proc
     proc.kill()
     raise AssertionError(f"{argv[0]} did not start:\n{proc.output()}")
