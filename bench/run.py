@@ -908,9 +908,9 @@ def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result],
                          for c, _, _ in blocks if c.extra_rounds)
         more = f" ({more})" if more else ""
         method += (
-            f" Each case ran in {repeat} rounds{more}, "
-            "every tool once per round, the order turned by one each round. A row gives the median of the tool's right runs "
-            "(of all its runs if none was right) and their range in brackets; peak RSS "
+            f" Each case ran in {repeat} rounds{more}, every tool once per round, the "
+            "order turned by one each round. A row gives the median of the tool's right "
+            "runs (of all its runs if none was right) and their range in brackets; peak RSS "
             "is the highest of the runs; each run's efficiency uses its own event time. "
             "The notes list every run.")
     lines += ["", topology, "", "Tool settings:", "", *settings, "", method, "",

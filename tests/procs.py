@@ -88,6 +88,8 @@ def start(argv: list[str], timeout: float = 30.0, env: dict[str, str] | None = N
     # (a child it started may hold the pipe open after it exited: look at it too)
     while not proc.ready.wait(0.2) and popen.poll() is None and time.monotonic() < deadline:
         pass
+    if not proc.address and popen.poll() is not None:
+        proc.reader.join(1)  # it exited: the reader may not have come to its last lines
     if proc.address:
         return proc
     proc.kill()
