@@ -628,12 +628,12 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                 results.append(Result(t, "skipped (not installed)", 0, 0, 0, None, None))
             else:
                 names.append(t)
-        repeat += case.extra_rounds
-        runs = [(names[(i + k) % len(names)], k) for k in range(repeat)
+        rounds = repeat + case.extra_rounds
+        runs = [(names[(i + k) % len(names)], k) for k in range(rounds)
                 for i in range(len(names))]
         for tname, k in runs:
             tool = tools[tname]
-            label = f"{tname} #{k + 1}" if repeat > 1 else tname
+            label = f"{tname} #{k + 1}" if rounds > 1 else tname
             topo.reset()
             empty_dir(out_dir)
             out = out_dir / data.name

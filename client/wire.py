@@ -433,10 +433,16 @@ class Connection(asyncio.BufferedProtocol):
         self.splices = False
 
     # -- splice: the body from the socket to the file, not through Python
+    @property
+    def may_splice(self) -> bool:
+        """Bodies may be spliced on this connection: plain TCP (not TLS), and the
+        kernel has not refused."""
+        return self.splices and self.sock is not None
+
     def can_splice(self) -> bool:
-        """splice_in may be used now: plain TCP (not TLS), nothing received into the
+        """splice_in may be used now: it may splice, nothing received into the
         buffers that would come first, and no error or end seen yet."""
-        return (self.splices and self.sock is not None and self._fill == 0
+        return (self.may_splice and self._fill == 0
                 and not self._eof and self._exc is None and self.transport is not None
                 and not self.transport.is_closing())
 
@@ -975,7 +981,7 @@ class WireClient:
         conn.write(data)
         acc = bytearray()  # the head so far (at most MAX_HEAD + 4 bytes are copied)
         interim = 0
-        bounded = conn.splices and conn.sock is not None  # the body may be spliced
+        bounded = conn.may_splice
         while True:
             conn.want = HEAD_READ if bounded else None
             raw = await conn.take()
