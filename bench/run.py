@@ -903,9 +903,9 @@ def write_results(path: Path, info: dict, blocks: list[tuple[Case, list[Result],
         "failed = non-zero exit, signal, or timeout "
         "(timeout = max(30 s, 4 x expected ideal + 10 s))."
     )
-    if repeat > 1:
-        more = ", ".join(f"{c.name} {repeat + c.extra_rounds}"
-                         for c, _, _ in blocks if c.extra_rounds)
+    more = ", ".join(f"{c.name} {repeat + c.extra_rounds}"
+                     for c, _, _ in blocks if c.extra_rounds)
+    if repeat > 1 or more:  # (--quick: one round, but the loopback cases have more)
         more = f" ({more})" if more else ""
         method += (
             f" Each case ran in {repeat} rounds{more}, every tool once per round, the "
