@@ -53,7 +53,14 @@ from urllib.parse import urlsplit
 from client.http1 import request_head
 
 BUFFER = 1024 * 1024  # the most each of a connection's two receive buffers holds
-MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
+# Each buffer of a connection beyond the budget. More than asyncio's TLS layer can
+# hold at a FIN: on a FIN that comes while reading is paused, that layer hands over,
+# once reading resumes, only what fits in the buffer offered, and drops the rest.
+# Resuming frees a whole buffer; the FIN is read only while the layer holds less
+# than its read high-water mark (256 KiB), plus at most the rest of one decrypted
+# record (16 KiB). With 32 KiB buffers a slow reader lost bytes (tests/test_wire.py,
+# the slow-reader TLS test).
+MIN_BUFFER = 288 * 1024
 # A wake-up mark (SO_RCVLOWAT) not reached in this long: the source slowed down, so the
 # mark drops to one byte and what did arrive is read (the scheduler sees it in time).
 LOWAT_PATIENCE = 0.5
