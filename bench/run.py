@@ -63,6 +63,9 @@ RSS: the highest of all runs; result: how many runs ended which way, e.g.
             keep the old mm's high-water mark)
   result    right (exit 0 and sha256 matches the generated file), WRONG
             (exit 0 but the bytes differ), failed (exit!=0 / timeout / no file)
+Below each table, mfetch's CPU over aria2c's round by round: runs of one round
+are minutes apart at most, so these ratios carry less of the drift than the
+medians do.
 
 Ideal time and efficiency
   Rates r_i are the nominal tbf rates (bits/s / 8). Let R(t) be the sum of the
@@ -780,8 +783,24 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
             notes.append(f"{tool} per source (run #{typical.run}): "
                          + _per_source(typical.sources))
     rows.append("")
-    rows += [f"- {n}" for n in notes]
+    rows += [f"- {n}" for n in notes + _cpu_pairs(by_tool)]
     return rows
+
+
+def _cpu_pairs(by_tool: dict[str, list[Result]]) -> list[str]:
+    """mfetch's CPU over aria2c's, round by round: the rounds run side by side, so
+    each ratio leaves out most of the machine's drift that the medians carry."""
+    out = []
+    for mine in ("mfetch", "mfetch-32"):
+        for theirs in ("aria2c", "aria2c-tuned"):
+            a = {r.run: r.cpu for r in by_tool.get(mine, []) if r.result == "right"}
+            b = {r.run: r.cpu for r in by_tool.get(theirs, []) if r.result == "right"}
+            ratios = [a[k] / b[k] for k in sorted(a) if k in b and b[k] > 0]
+            if len(ratios) > 1:
+                out.append(f"CPU of {mine} / {theirs}, round by round: "
+                           + ", ".join(f"{x:.2f}" for x in ratios)
+                           + f" (median {statistics.median(ratios):.2f})")
+    return out
 
 
 def _spread(xs: list[float], digits: int) -> str:
