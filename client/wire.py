@@ -53,18 +53,14 @@ from urllib.parse import urlsplit
 from client.http1 import request_head
 
 BUFFER = 1024 * 1024  # the most each of a connection's two receive buffers holds
-# Each buffer of a connection beyond the budget. More than asyncio's TLS layer can
-# hold at a FIN: on a FIN that comes while reading is paused, that layer hands over,
-# once reading resumes, only what fits in the buffer offered, and drops the rest.
-# Resuming frees a whole buffer; the FIN is read only while the layer holds less
-# than its read high-water mark (256 KiB), plus at most the rest of one decrypted
-# record (16 KiB). With 32 KiB buffers a slow reader lost bytes (tests/test_wire.py,
-# the slow-reader TLS test).
-MIN_BUFFER = 288 * 1024
+MIN_BUFFER = 256 * 1024  # each buffer of a connection beyond the budget
 # A wake-up mark (SO_RCVLOWAT) not reached in this long: the source slowed down, so the
 # mark drops to one byte and what did arrive is read (the scheduler sees it in time).
 LOWAT_PATIENCE = 0.5
 BUFFER_BUDGET = 16 * 1024 * 1024  # receive buffers of all of a client's connections
+# What asyncio's TLS layer may hold decrypted beyond what it has handed over: the
+# rest of one record (16 KiB at most), with room to spare. See connection_made.
+TLS_RECORD_SLACK = 32 * 1024
 # splice(2) moves a body from the socket to the file through a pipe, never through
 # Python's memory (Linux; see Connection.splice_in).
 SPLICE = hasattr(os, "splice")
@@ -341,6 +337,17 @@ class Connection(asyncio.BufferedProtocol):
         self.raw_sock = transport.get_extra_info("socket")
         if transport.get_extra_info("sslcontext") is None:  # TLS: the socket carries records
             self.sock = self.raw_sock
+            return
+        # On a FIN read while reading is paused, asyncio's TLS layer hands over, once
+        # reading resumes, only what fits in the buffer offered, and drops the rest
+        # (a close-delimited body came back short). Resuming offers a whole buffer, and
+        # the FIN is read only while the layer holds less than its read high-water
+        # mark (256 KiB by default), plus the rest of one record: keep that mark a
+        # record below a buffer.
+        get = getattr(transport, "get_read_buffer_limits", None)
+        set_ = getattr(transport, "set_read_buffer_limits", None)
+        if get is not None and set_ is not None and get()[1] + TLS_RECORD_SLACK > self.size:
+            set_(high=self.size - TLS_RECORD_SLACK)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         end = self.size if self.want is None else min(self.size, self._fill + self.want)
