@@ -63,9 +63,13 @@ RSS: the highest of all runs; result: how many runs ended which way, e.g.
             keep the old mm's high-water mark)
   result    right (exit 0 and sha256 matches the generated file), WRONG
             (exit 0 but the bytes differ), failed (exit!=0 / timeout / no file)
-Below each table, mfetch's CPU over aria2c's round by round: runs of one round
-are minutes apart at most, so these ratios carry less of the drift than the
-medians do.
+Below each table of several rounds, mfetch's CPU over aria2c's (and tuned
+aria2c's) round by round, where both were right: a round's runs come one after
+the other, so these ratios carry less of the drift than the medians do.
+  steal     the share of the machine's CPU time the hypervisor gave to other
+            guests during a run (/proc/stat), given below each table (median
+            and most), and in a run's own line when 5% or more: its times and
+            CPU figures are suspect
 
 Ideal time and efficiency
   Rates r_i are the nominal tbf rates (bits/s / 8). Let R(t) be the sum of the
@@ -474,6 +478,7 @@ class Result:
     note: str = ""
     sources: list[dict] = field(default_factory=list)
     run: int = 1  # which round of the case (--repeat)
+    steal: float | None = None  # share of the machine's CPU time stolen during the run
 
     @property
     def efficiency(self) -> float | None:
@@ -521,14 +526,36 @@ def kill_timed_out(pid: int) -> tuple[int, resource.struct_rusage]:
     return status, ru
 
 
+def steal_ticks() -> int | None:
+    """The machine's stolen time so far (/proc/stat, all CPUs, in clock ticks): time
+    the hypervisor ran other guests while this one's CPUs wanted to run. None if the
+    kernel does not say."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: int | None, after: int | None, wall: float) -> float | None:
+    """Stolen time between two steal_ticks() over `wall` seconds, as a share of the
+    machine's CPU time."""
+    if before is None or after is None or wall <= 0:
+        return None
+    return (after - before) / os.sysconf("SC_CLK_TCK") / (wall * (os.cpu_count() or 1))
+
+
 def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Path,
              rusage_path: Path, events: list[tuple[float, Callable[[], None]]]) -> tuple:
     """Spawn cmd in the client namespace, fire events at their offsets, reap with wait4.
 
-    Returns (exit_code or None on timeout, wall, rusage, fired event offsets)."""
+    Returns (exit_code or None on timeout, wall, rusage, peak RSS KiB, fired event
+    offsets, the share of the machine's CPU time stolen meanwhile)."""
     fired: list[float] = []
     pending = sorted(events, key=lambda e: e[0])
     with open(stdout_path, "wb") as so, open(stderr_path, "wb") as se:
+        stolen = steal_ticks()
         t0 = time.monotonic()
         if GNU_TIME:
             rusage_path.unlink(missing_ok=True)
@@ -568,6 +595,7 @@ def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Pat
                 else:
                     time.sleep(min(rest, 0.001))
             wall = time.monotonic() - t0
+            steal = steal_share(stolen, steal_ticks(), wall)
         finally:
             CURRENT_CHILD.remove(p.pid)
             if pidfd >= 0:
@@ -589,7 +617,7 @@ def run_tool(cmd: list[str], timeout: float, stdout_path: Path, stderr_path: Pat
             rss_kib = None
     else:
         rss_kib = float(ru.ru_maxrss)
-    return (None if timed_out else p.returncode), wall, ru, rss_kib, fired
+    return (None if timed_out else p.returncode), wall, ru, rss_kib, fired, steal
 
 
 def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | None,
@@ -678,8 +706,8 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
             # tool's run: the one that came first in a case paid for the writeback.
             os.sync()
             warm(data)
-            code, wall, ru, rss_kib, fired = run_tool(cmd, timeout, so, se,
-                                                      WORK / "out.rusage", events)
+            code, wall, ru, rss_kib, fired, steal = run_tool(cmd, timeout, so, se,
+                                                             WORK / "out.rusage", events)
             event_at = fired[0] if fired else None
             ideal = ideal_time(size, r_0, event_at, r_1) if r_0 else None
             stderr_tail = se.read_text(errors="replace").strip().splitlines()[-1:]
@@ -703,7 +731,7 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                 res = "right"
             r = Result(tname, res, wall, ru.ru_utime + ru.ru_stime,
                        rss_kib / 1024 if rss_kib is not None else None,
-                       code, ideal, event_at, note, run=k + 1)
+                       code, ideal, event_at, note, run=k + 1, steal=steal)
             if tname == "mfetch" and code is not None:
                 try:
                     summary = json.loads(so.read_text())
@@ -713,8 +741,9 @@ def run_case(case: Case, size: int, tools: dict[str, Tool], only: list[str] | No
                         r.note = (r.note + " no/invalid JSON summary").strip()
             results.append(r)
             eff = f"{r.efficiency:.3f}" if r.efficiency is not None else "-"
+            stole = f" steal {steal:.0%}" if steal is not None else ""
             log(f"[{case.name}] {label}: {res} wall {wall:.2f}s cpu {r.cpu:.2f}s "
-                f"rss {r.rss_mib}MiB eff {eff}")
+                f"rss {r.rss_mib}MiB eff {eff}{stole}")
             empty_dir(out_dir)
     finally:
         log(f"[{case.name}] tearing down")
@@ -736,6 +765,8 @@ def empty_dir(d: Path) -> None:
 
 # ----------------------------------------------------------------------- reports
 
+
+STEAL_NOTED = 0.05  # a run's steal is worth a note from this share on
 
 TABLE_HEAD = ("| tool | result | wall s | MB/s | CPU s | peak RSS MiB | ideal s | efficiency |",
               "|---|---|---:|---:|---:|---:|---:|---:|")
@@ -775,6 +806,8 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
         each = "; ".join(f"#{r.run} {r.result} {r.wall:.3f}/{r.cpu:.2f}"
                          + (f"/{r.efficiency:.3f}" if r.efficiency is not None else "")
                          + (f" event at {r.event_at:.2f}s" if r.event_at is not None else "")
+                         + (f" steal {r.steal:.0%}" if r.steal is not None
+                            and r.steal >= STEAL_NOTED else "")
                          + (f" ({r.note})" if r.note else "")
                          for r in sorted(runs, key=lambda r: r.run))
         notes.append(f"{tool} runs (wall s / CPU s / efficiency): {each}")
@@ -782,24 +815,28 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
         if typical.sources:
             notes.append(f"{tool} per source (run #{typical.run}): "
                          + _per_source(typical.sources))
+    steals = [r.steal for r in results if r.steal is not None]
+    if steals:
+        notes.append(f"CPU time stolen by the hypervisor during the runs: median "
+                     f"{statistics.median(steals):.1%}, at most {max(steals):.1%}")
     rows.append("")
     rows += [f"- {n}" for n in notes + _cpu_pairs(by_tool)]
     return rows
 
 
 def _cpu_pairs(by_tool: dict[str, list[Result]]) -> list[str]:
-    """mfetch's CPU over aria2c's, round by round: the rounds run side by side, so
-    each ratio leaves out most of the machine's drift that the medians carry."""
+    """mfetch's CPU over aria2c's, round by round: a round's runs come one after the
+    other, so each ratio carries less of the machine's drift than the medians do."""
     out = []
     for mine in ("mfetch", "mfetch-32"):
         for theirs in ("aria2c", "aria2c-tuned"):
             a = {r.run: r.cpu for r in by_tool.get(mine, []) if r.result == "right"}
             b = {r.run: r.cpu for r in by_tool.get(theirs, []) if r.result == "right"}
-            ratios = [a[k] / b[k] for k in sorted(a) if k in b and b[k] > 0]
+            ratios = {k: a[k] / b[k] for k in sorted(a) if k in b and b[k] > 0}
             if len(ratios) > 1:
                 out.append(f"CPU of {mine} / {theirs}, round by round: "
-                           + ", ".join(f"{x:.2f}" for x in ratios)
-                           + f" (median {statistics.median(ratios):.2f})")
+                           + ", ".join(f"#{k} {x:.2f}" for k, x in ratios.items())
+                           + f" (median {statistics.median(ratios.values()):.2f})")
     return out
 
 
