@@ -874,6 +874,8 @@ def _single_table(results: list[Result], size: int) -> list[str]:
             notes.append(f"{r.tool}: {r.note}")
         if r.sources:
             notes.append(f"{r.tool} per source: " + _per_source(r.sources))
+        if r.steal is not None and r.steal >= STEAL_NOTED:
+            notes.append(f"{r.tool}: steal {r.steal:.0%}")
     if notes:
         rows.append("")
         rows += [f"- {n}" for n in notes]
