@@ -438,20 +438,17 @@ async def test_tls_with_a_test_ca(tmp_path):
         await stranger.close()
 
 
-@pytest.mark.parametrize("length", [True, False], ids=["content-length", "close-delimited"])
-async def test_tls_answer_with_a_long_head_then_a_close_is_read_whole(length):
-    # On the FIN, asyncio's TLS layer hands over one read's worth of what it decrypted
-    # and drops the rest: reads under TLS must not be bounded as a head's are for splice.
+@contextlib.asynccontextmanager
+async def tls_answer_then_close(answer: bytes) -> AsyncIterator[tuple[str, wire.WireClient]]:
+    """A TLS server (a thread, a test CA) that reads one request's head, sends `answer`
+    all at once and closes: the FIN comes while the client is still behind. Yields its
+    URL and a client that trusts it."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    body = os.urandom(100_000)
-    answer = (b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Pad: %s\r\n%s\r\n%s"
-              % (b"a" * 2 * wire.HEAD_READ,
-                 b"Content-Length: %d\r\n" % len(body) if length else b"", body))
     listener = socket.create_server(("127.0.0.1", 0))
 
-    def serve() -> None:  # all at once, then the FIN: the client is still behind
+    def serve() -> None:
         sock, _ = listener.accept()
         with server_ctx.wrap_socket(sock, server_side=True) as tls:
             head = b""
@@ -465,12 +462,23 @@ async def test_tls_answer_with_a_long_head_then_a_close_is_read_whole(length):
     ca.configure_trust(trusting)
     c = client(tls=lambda: trusting)
     try:
-        async with await c.get(f"https://127.0.0.1:{listener.getsockname()[1]}/", []) as r:
-            assert await r.read() == body
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/", c
     finally:
         await c.close()
         thread.join(10)
         listener.close()
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "close-delimited"])
+async def test_tls_answer_with_a_long_head_then_a_close_is_read_whole(length):
+    # On the FIN, asyncio's TLS layer hands over one read's worth of what it decrypted
+    # and drops the rest: reads under TLS must not be bounded as a head's are for splice.
+    body = os.urandom(100_000)
+    answer = (b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Pad: %s\r\n%s\r\n%s"
+              % (b"a" * 2 * wire.HEAD_READ,
+                 b"Content-Length: %d\r\n" % len(body) if length else b"", body))
+    async with tls_answer_then_close(answer) as (url, c), await c.get(url, []) as r:
+        assert await r.read() == body
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "close-delimited"])
@@ -486,42 +494,18 @@ async def test_tls_answer_to_a_slow_reader_then_a_close_is_read_whole(length, si
     if buffers is not None:
         monkeypatch.setattr(wire, "BUFFER_BUDGET", 0)  # every buffer MIN_BUFFER...
         monkeypatch.setattr(wire, "MIN_BUFFER", buffers)  # ... of this size
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     body = os.urandom(size)
     answer = (b"HTTP/1.1 200 OK\r\nConnection: close\r\n%s\r\n%s"
               % (b"Content-Length: %d\r\n" % len(body) if length else b"", body))
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:  # all at once, then the FIN
-        sock, _ = listener.accept()
-        with server_ctx.wrap_socket(sock, server_side=True) as tls:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += tls.recv(4096)
-            tls.sendall(answer)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    trusting = ssl.create_default_context()
-    ca.configure_trust(trusting)
-    c = client(tls=lambda: trusting)
     got = bytearray()
-    try:
-        async with await c.get(f"https://127.0.0.1:{listener.getsockname()[1]}/", []) as r:
-            conn = r.connection
-            assert conn.size == (buffers or wire.BUFFER)
-            assert conn.transport is not None
-            assert conn.transport.get_read_buffer_limits()[1] \
-                <= conn.size - wire.TLS_RECORD_SLACK
-            while (v := await r.read_view()) is not None:
-                got += v
-                await asyncio.sleep(0.02)  # a slow disk
-    finally:
-        await c.close()
-        thread.join(10)
-        listener.close()
+    async with tls_answer_then_close(answer) as (url, c), await c.get(url, []) as r:
+        conn = r.connection
+        assert conn.size == (buffers or wire.BUFFER)
+        assert conn.transport is not None
+        assert conn.transport.get_read_buffer_limits()[1] <= conn.size - wire.TLS_RECORD_SLACK
+        while (v := await r.read_view()) is not None:
+            got += v
+            await asyncio.sleep(0.02)  # a slow disk
     assert len(got) == len(body) and got == body
 
 
