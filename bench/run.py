@@ -806,8 +806,7 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
         each = "; ".join(f"#{r.run} {r.result} {r.wall:.3f}/{r.cpu:.2f}"
                          + (f"/{r.efficiency:.3f}" if r.efficiency is not None else "")
                          + (f" event at {r.event_at:.2f}s" if r.event_at is not None else "")
-                         + (f" steal {r.steal:.0%}" if r.steal is not None
-                            and r.steal >= STEAL_NOTED else "")
+                         + (f" {note}" if (note := _steal_note(r)) else "")
                          + (f" ({r.note})" if r.note else "")
                          for r in sorted(runs, key=lambda r: r.run))
         notes.append(f"{tool} runs (wall s / CPU s / efficiency): {each}")
@@ -824,14 +823,22 @@ def fmt_table(case: Case, results: list[Result], size: int) -> list[str]:
     return rows
 
 
+def _steal_note(r: Result) -> str:
+    """A run's steal, when it is worth a note (STEAL_NOTED or more), else ""."""
+    return f"steal {r.steal:.0%}" if r.steal is not None and r.steal >= STEAL_NOTED else ""
+
+
 def _cpu_pairs(by_tool: dict[str, list[Result]]) -> list[str]:
     """mfetch's CPU over aria2c's, round by round: a round's runs come one after the
     other, so each ratio carries less of the machine's drift than the medians do."""
+    def right_cpu(tool: str) -> dict[int, float]:
+        return {r.run: r.cpu for r in by_tool.get(tool, []) if r.result == "right"}
+
     out = []
     for mine in ("mfetch", "mfetch-32"):
+        a = right_cpu(mine)
         for theirs in ("aria2c", "aria2c-tuned"):
-            a = {r.run: r.cpu for r in by_tool.get(mine, []) if r.result == "right"}
-            b = {r.run: r.cpu for r in by_tool.get(theirs, []) if r.result == "right"}
+            b = right_cpu(theirs)
             ratios = {k: a[k] / b[k] for k in sorted(a) if k in b and b[k] > 0}
             if len(ratios) > 1:
                 out.append(f"CPU of {mine} / {theirs}, round by round: "
@@ -874,8 +881,8 @@ def _single_table(results: list[Result], size: int) -> list[str]:
             notes.append(f"{r.tool}: {r.note}")
         if r.sources:
             notes.append(f"{r.tool} per source: " + _per_source(r.sources))
-        if r.steal is not None and r.steal >= STEAL_NOTED:
-            notes.append(f"{r.tool}: steal {r.steal:.0%}")
+        if note := _steal_note(r):
+            notes.append(f"{r.tool}: {note}")
     if notes:
         rows.append("")
         rows += [f"- {n}" for n in notes]

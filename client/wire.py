@@ -69,8 +69,8 @@ MAX_HEAD = 64 * 1024  # a response head longer than this is refused
 # The most one read takes while a head is awaited, when the body may be spliced.
 # Unbounded, it filled both buffers on loopback (the socket already held a MiB of
 # the body): a copy through Python, and buffer pages that stay resident. Not under
-# TLS (never spliced): on the server's FIN, asyncio's sslproto hands over one read's
-# worth of what it has decrypted and drops the rest, so small reads would lose bytes.
+# TLS (never spliced): on the server's FIN, asyncio's TLS layer hands over only what
+# fits in the buffer offered and drops the rest (see Connection.connection_made).
 HEAD_READ = 16 * 1024
 MAX_FIELDS = 256
 MAX_INTERIM = 16  # informational (1xx) responses accepted before the real one
